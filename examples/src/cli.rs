@@ -1,0 +1,221 @@
+//! Command-line syntax (clap derive). Parsing only; the commands live in
+//! [`crate::commands`] and [`crate::daemon`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+
+/// Default address of the local API.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:11452";
+
+/// Atmosphere mesh node: a daemon (`run`) and a CLI that talks to it over
+/// the local API.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-node", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Data directory (identity, meshes, API token) [default: ~/.atmosphere]
+    #[arg(long, global = true, env = "ATMOSPHERE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the daemon's local API (HTTP + WebSocket)
+    #[arg(
+        long,
+        global = true,
+        env = "ATMOSPHERE_API",
+        value_name = "ADDR",
+        default_value = DEFAULT_API_ADDR
+    )]
+    pub api: SocketAddr,
+}
+
+impl GlobalArgs {
+    /// The data directory: the flag, else `ATMOSPHERE_DATA_DIR`, else `~/.atmosphere`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(atmosphere::default_data_dir)
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: join the network and serve the local API until SIGINT/SIGTERM
+    Run(RunArgs),
+    /// Create, share, join and leave meshes
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// List known and connected peers
+    Peers(JsonFlag),
+    /// Publish a message
+    Pub(PubArgs),
+    /// Subscribe to a topic pattern and print messages as they arrive
+    Sub(SubArgs),
+    /// Call an RPC and print its result as JSON
+    Call(CallArgs),
+    /// Serve an RPC URI from this terminal (or a shell command) until interrupted
+    Reply(ReplyArgs),
+    /// Show the daemon's status
+    Status(JsonFlag),
+}
+
+/// `mesh-node run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Listen address (repeatable; replaces the configured ones) [default: TCP and QUIC on port 11451]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+    /// Node name shown to peers [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Disable mDNS discovery on the LAN
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Address (with /p2p/PEER_ID) to dial at start (repeatable; added to the configured ones)
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Configuration file [default: DATA_DIR/atmosphere.toml if it exists]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `mesh-node mesh …`.
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Create a mesh founded by this node; prints its id
+    Create {
+        /// The mesh's name
+        name: String,
+    },
+    /// Create an invite; the last line printed is the URI to hand to the joiner
+    Invite(InviteArgs),
+    /// Join a mesh with an invite URI
+    Join {
+        /// The atmosphere://join?… URI
+        uri: String,
+    },
+    /// List the meshes this node belongs to
+    List(JsonFlag),
+    /// Leave a mesh and forget its members
+    Forget {
+        /// Mesh id or name
+        mesh: String,
+    },
+}
+
+/// `mesh-node mesh invite`.
+#[derive(Debug, Clone, Args)]
+pub struct InviteArgs {
+    /// Mesh id or name [default: the node's only mesh]
+    pub mesh: Option<String>,
+    /// How many nodes may join with it
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub uses: u32,
+    /// How long it is valid (10m, 1h, 2d)
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Also render the URI as a QR code in the terminal
+    #[arg(long)]
+    pub qr: bool,
+}
+
+/// A `--json` flag.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mesh-node pub`.
+#[derive(Debug, Clone, Args)]
+pub struct PubArgs {
+    /// Topic (dot-separated, e.g. home.kitchen.temp)
+    pub topic: String,
+    /// Payload (sent as its UTF-8 bytes)
+    pub payload: String,
+}
+
+/// `mesh-node sub`.
+#[derive(Debug, Clone, Args)]
+pub struct SubArgs {
+    /// Topic pattern: `*` matches one segment, `**` zero or more
+    pub pattern: String,
+    /// Exit after this many messages
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Print each message as a JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mesh-node call`.
+#[derive(Debug, Clone, Args)]
+pub struct CallArgs {
+    /// RPC URI (e.g. node.echo)
+    pub uri: String,
+    /// Arguments as JSON (sent as these exact UTF-8 bytes) [default: null]
+    pub args: Option<String>,
+    /// Call this peer only
+    #[arg(long, value_name = "PEER_ID")]
+    pub peer: Option<String>,
+    /// How long to wait for the answer (500ms, 5s, 1m)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `mesh-node reply`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplyArgs {
+    /// RPC URI to serve
+    pub uri: String,
+    /// Shell command run for each call (`sh -c CMD`): args on stdin, result
+    /// from stdout (JSON if it parses, else a string); without it, echo the args
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Calls handled at once, at most
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// How long one call may take (the command is killed after it)
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Parses `10m`, `5s`, `1h 30m`, … and rejects zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 5s, 10m or 1h: {e}"))?;
+    if duration.is_zero() {
+        return Err("the duration must be positive".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! JSON shapes of the local API, shared by the daemon (server) and the CLI
+//! (client). `docs/local-api.md` documents them for clients in other languages.
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A one-line human-readable message.
+    pub error: String,
+    /// A stable machine-readable kind (`unknown_mesh`, `no_provider`, …).
+    pub kind: String,
+}
+
+/// `POST /v1/meshes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateMeshRequest {
+    /// The new mesh's name.
+    pub name: String,
+}
+
+/// `POST /v1/invites`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// Mesh id or name; omitted: the node's only mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    /// How many joins the invite allows (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses: Option<u32>,
+    /// Validity in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Topic ACLs for members admitted with it (default: everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<atmosphere::Permissions>,
+}
+
+/// `POST /v1/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The `atmosphere://join?…` URI.
+    pub uri: String,
+}
+
+/// `POST /v1/publish`: exactly one of `payload` and `payload_base64`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The topic.
+    pub topic: String,
+    /// The payload as text (sent as its UTF-8 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The payload as standard base64 (for binary payloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+/// Answer of `POST /v1/publish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// How many remote subscribers the message was sent to.
+    pub delivered: usize,
+}
+
+/// `POST /v1/call`: at most one of `args` and `args_base64` (neither: empty args).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// The RPC URI.
+    pub uri: String,
+    /// Arguments as any JSON value; sent as its compact serialization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    /// Arguments as raw bytes, standard base64 (sent byte for byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_base64: Option<String>,
+    /// Call this peer only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Timeout in milliseconds (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Answer of `POST /v1/call`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallResponse {
+    /// The result decoded: its JSON value if the bytes are JSON, else a string
+    /// if they are UTF-8, else `null`.
+    pub result: Value,
+    /// The result bytes exactly, standard base64.
+    pub result_base64: String,
+}
+
+/// Query of `GET /v1/subscribe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscribeQuery {
+    /// The topic pattern (`home.*.temp`, `home.**`).
+    pub pattern: String,
+}
+
+/// Query of `GET /v1/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterQuery {
+    /// The RPC URI to serve.
+    pub uri: String,
+    /// How long the daemon waits for each answer, in milliseconds (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Frames the daemon sends on `GET /v1/subscribe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SubscribeFrame {
+    /// The subscription is active (always the first frame).
+    Subscribed {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A message matching the pattern.
+    Message(MessageJson),
+}
+
+/// A pub/sub message as JSON (also what `mesh-node sub --json` prints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageJson {
+    /// The topic it was published to.
+    pub topic: String,
+    /// The payload as text if it is UTF-8, else `null`.
+    pub payload: Option<String>,
+    /// The payload bytes exactly, standard base64.
+    pub payload_base64: String,
+    /// The publisher's peer id.
+    pub sender: String,
+    /// The publisher's clock at publication, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+impl MessageJson {
+    /// Converts a received message.
+    pub fn from_message(message: &atmosphere::Message) -> Self {
+        Self {
+            topic: message.topic.clone(),
+            payload: std::str::from_utf8(&message.payload).ok().map(str::to_owned),
+            payload_base64: B64.encode(&message.payload),
+            sender: message.sender.to_string(),
+            timestamp_ms: message.timestamp_ms,
+        }
+    }
+
+    /// The payload bytes (from `payload_base64`, else `payload`).
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        match B64.decode(&self.payload_base64) {
+            Ok(bytes) => bytes,
+            Err(_) => self.payload.clone().unwrap_or_default().into_bytes(),
+        }
+    }
+}
+
+/// Frames the daemon sends on `GET /v1/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RegisterFrame {
+    /// The URI is registered on the node (always the first frame).
+    Registered {
+        /// The URI.
+        uri: String,
+    },
+    /// A call to answer with a [`ReplyFrame`] carrying the same `id`.
+    Call(CallFrame),
+    /// The client sent something the daemon could not use (the socket stays open).
+    Error {
+        /// What was wrong.
+        error: String,
+    },
+}
+
+/// One incoming call on `GET /v1/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallFrame {
+    /// Correlates the answer.
+    pub id: u64,
+    /// The URI called.
+    pub uri: String,
+    /// The caller's peer id.
+    pub caller: String,
+    /// The arguments: their JSON value if they are JSON, else a string if
+    /// UTF-8, else `null`.
+    pub args: Value,
+    /// The argument bytes exactly, standard base64.
+    pub args_base64: String,
+}
+
+/// A client's answer to a [`CallFrame`]: at most one of `result`,
+/// `result_base64`, `error` and `denied` (none: an empty result).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    /// The call's id.
+    pub id: u64,
+    /// The result as JSON (sent as its compact serialization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The result as raw bytes, standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_base64: Option<String>,
+    /// The call failed; the caller gets a `remote_error` with this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The handler refuses this caller; the caller gets a `denied` error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied: Option<String>,
+}
+
+/// Decodes opaque bytes for display: their JSON value if they are JSON, else
+/// a string if UTF-8, else `null`.
+pub fn bytes_to_json(bytes: &[u8]) -> Value {
+    if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+        return value;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Standard base64 of `bytes`.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// Decodes standard (padded) base64.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    B64.decode(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_to_json_prefers_json_then_text() {
+        assert_eq!(bytes_to_json(b"42"), serde_json::json!(42));
+        assert_eq!(bytes_to_json(b"{\"x\":1}"), serde_json::json!({"x": 1}));
+        assert_eq!(bytes_to_json(b"hello"), serde_json::json!("hello"));
+        assert_eq!(bytes_to_json(&[0xff, 0xfe]), Value::Null);
+    }
+
+    #[test]
+    fn frames_are_tagged() {
+        let frame = SubscribeFrame::Subscribed {
+            pattern: "a.*".into(),
+        };
+        let text = serde_json::to_string(&frame).unwrap_or_default();
+        assert_eq!(text, r#"{"type":"subscribed","pattern":"a.*"}"#);
+        let reply: ReplyFrame =
+            serde_json::from_str(r#"{"id":3,"result":42}"#).unwrap_or_default();
+        assert_eq!(reply.id, 3);
+        assert_eq!(reply.result, Some(serde_json::json!(42)));
+    }
+}

@@ -1,0 +1,343 @@
+//! [`Node`] and [`NodeBuilder`]: the embeddable API.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+use atmosphere_behaviours::pattern::validate_topic;
+
+use crate::{
+    config::Config,
+    error::{Error, RpcError},
+    invite::InviteUri,
+    pubsub::{self, Subscription},
+    rpc::{self, Handler, HandlerError},
+    shared::{write, Limits, Shared},
+    store::Store,
+    swarm::{Command, MeshBehaviour, Runtime},
+    types::{CallOptions, Invite, InviteOptions, MeshInfo, PeerInfo, Request, Status, VERSION},
+};
+
+/// Commands queued to the swarm task, at most.
+const COMMAND_QUEUE: usize = 1024;
+/// File name of the SQLite store inside the data directory.
+pub const STORE_FILE: &str = "atmosphere.db";
+
+/// Builds a [`Node`] from a [`Config`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    config: Config,
+}
+
+impl NodeBuilder {
+    /// A builder for `config`.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Opens the store, loads or creates the identity, starts listening and
+    /// spawns the swarm task. Must run inside a tokio runtime.
+    pub async fn build(self) -> Result<Node, Error> {
+        let config = self.config;
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Identity(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&config.data_dir.join(STORE_FILE))?;
+        let keypair = load_or_create_identity(&store)?;
+        let peer_id = keypair.public().to_peer_id();
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&peer_id));
+        let limits = Limits {
+            max_payload: config.max_payload,
+            subscription_buffer: config.subscription_buffer,
+            link_queue: config.link_queue,
+            max_pending_calls: config.max_pending_calls,
+        };
+        let shared = Arc::new(Shared::new(peer_id, limits, config.max_concurrent_handlers));
+        let mdns = config.mdns;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| Error::Transport(format!("TCP: {e}")))?
+            .with_quic()
+            .with_behaviour(|key| MeshBehaviour::new(key, mdns).map_err(Box::from))
+            .map_err(|e| Error::Transport(e.to_string()))?
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs))
+            })
+            .build();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
+        }
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let runtime = Runtime::new(
+            swarm,
+            keypair,
+            shared.clone(),
+            store,
+            config.clone(),
+            name.clone(),
+            commands.clone(),
+        )?;
+        tokio::spawn(runtime.run(command_rx));
+        let node = Node {
+            inner: Arc::new(Inner {
+                peer_id,
+                name,
+                shared,
+                commands,
+            }),
+        };
+        node.register_builtins().await?;
+        node.wait_listening().await;
+        tracing::info!(%peer_id, "node started");
+        Ok(node)
+    }
+}
+
+fn load_or_create_identity(store: &Store) -> Result<Keypair, Error> {
+    match store.load_identity()? {
+        Some(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| Error::Identity(format!("stored identity is unreadable: {e}"))),
+        None => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair
+                .to_protobuf_encoding()
+                .map_err(|e| Error::Identity(e.to_string()))?;
+            store.save_identity(&bytes)?;
+            Ok(keypair)
+        }
+    }
+}
+
+fn default_name(peer: &PeerId) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 64);
+    host.unwrap_or_else(|| {
+        let id = peer.to_string();
+        format!("node-{}", &id[id.len().saturating_sub(6)..])
+    })
+}
+
+struct Inner {
+    peer_id: PeerId,
+    name: String,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.commands.try_send(Command::Shutdown { reply });
+    }
+}
+
+/// A running Atmosphere node: a cheap, cloneable handle to its swarm task.
+/// The node stops when [`Node::shutdown`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.inner.peer_id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// Our name.
+    pub fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)
+    }
+
+    /// Publishes `payload` on `topic`; returns how many remote subscribers it
+    /// was sent to. Local subscribers receive it too. At-most-once: see
+    /// [`crate::pubsub`].
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<usize, Error> {
+        pubsub::publish(&self.inner.shared, topic, payload.into()).await
+    }
+
+    /// Subscribes to a pattern (`home.*.measured`, `home.**`).
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        pubsub::subscribe(&self.inner.shared, &self.inner.commands, pattern).await
+    }
+
+    /// Serves RPC calls to `uri` with `handler` and announces it to members.
+    pub async fn register<H: Handler>(&self, uri: &str, handler: H) -> Result<(), Error> {
+        validate_topic(uri)?;
+        {
+            let mut handlers = write(&self.inner.shared.handlers);
+            if handlers.contains_key(uri) {
+                return Err(Error::AlreadyRegistered(uri.to_owned()));
+            }
+            handlers.insert(uri.to_owned(), Arc::new(handler));
+        }
+        self.inner
+            .commands
+            .send(Command::StateChanged)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Stops serving `uri`; returns whether it was registered.
+    pub async fn unregister(&self, uri: &str) -> Result<bool, Error> {
+        let removed = write(&self.inner.shared.handlers).remove(uri).is_some();
+        if removed {
+            self.inner
+                .commands
+                .send(Command::StateChanged)
+                .await
+                .map_err(|_| Error::Shutdown)?;
+        }
+        Ok(removed)
+    }
+
+    /// Calls `uri` with `args`: a local handler first, else a connected
+    /// provider (or `options.peer`).
+    pub async fn call(
+        &self,
+        uri: &str,
+        args: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        rpc::call(&self.inner.shared, uri, args.into(), options).await
+    }
+
+    /// Creates a mesh founded by this node.
+    pub async fn create_mesh(&self, name: &str) -> Result<MeshInfo, Error> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::CreateMesh { name, reply })
+            .await?
+    }
+
+    /// Creates an invite to `mesh` (id or name; `None` for the only mesh).
+    pub async fn invite(
+        &self,
+        mesh: Option<&str>,
+        options: InviteOptions,
+    ) -> Result<Invite, Error> {
+        let mesh = mesh.map(str::to_owned);
+        self.ask(|reply| Command::Invite {
+            mesh,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Joins a mesh with an invite URI.
+    pub async fn join(&self, uri: &str) -> Result<MeshInfo, Error> {
+        let invite = InviteUri::parse(uri)?;
+        self.ask(|reply| Command::Join { invite, reply }).await?
+    }
+
+    /// The meshes this node is in.
+    pub async fn list_meshes(&self) -> Result<Vec<MeshInfo>, Error> {
+        self.ask(|reply| Command::ListMeshes { reply }).await?
+    }
+
+    /// Leaves a mesh and deletes its credentials.
+    pub async fn forget(&self, mesh: &str) -> Result<(), Error> {
+        let mesh = mesh.to_owned();
+        self.ask(|reply| Command::Forget { mesh, reply }).await?
+    }
+
+    /// Members known and peers connected.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.ask(|reply| Command::Peers { reply }).await?
+    }
+
+    /// Our own state.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Where we listen.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Dials an address (with or without `/p2p/…`).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Stops the swarm task. Further calls fail with [`Error::Shutdown`].
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+
+    async fn wait_listening(&self) {
+        for _ in 0..100 {
+            match self.listen_addrs().await {
+                Ok(addrs) if !addrs.is_empty() => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn register_builtins(&self) -> Result<(), Error> {
+        self.register("node.echo", |request: Request| async move {
+            Ok::<_, HandlerError>(request.args)
+        })
+        .await?;
+        let weak = Arc::downgrade(&self.inner);
+        self.register("node.info", move |_request: Request| {
+            let inner = weak.upgrade();
+            async move {
+                let inner = inner.ok_or_else(|| HandlerError::Failed("node stopped".into()))?;
+                let node = Node { inner };
+                let status = node
+                    .status()
+                    .await
+                    .map_err(|e| HandlerError::Failed(e.to_string()))?;
+                let info = serde_json::json!({
+                    "peer_id": status.peer_id,
+                    "name": status.name,
+                    "version": VERSION,
+                    "meshes": status.meshes.iter().map(|m| serde_json::json!({"id": m.id, "name": m.name})).collect::<Vec<_>>(),
+                    "listen_addrs": status.listen_addrs,
+                });
+                Ok(Bytes::from(info.to_string()))
+            }
+        })
+        .await
+    }
+}

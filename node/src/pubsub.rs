@@ -1,0 +1,156 @@
+//! Pub/sub: subscriptions and publishing.
+//!
+//! Delivery guarantee: **at most once**. A message reaches every subscriber
+//! whose subscription the publisher knows at publish time and that is
+//! connected; it is not retried, and a subscriber whose buffer
+//! (`Config::subscription_buffer`) is full loses it (counted in
+//! [`Subscription::dropped`]). Messages from one publisher arrive in publish
+//! order. The connection-train work extends this to survive path switches.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use atmosphere_behaviours::pattern::{validate_topic, Pattern};
+
+use crate::{
+    error::Error,
+    shared::{read, write, LocalSub, Shared},
+    swarm::Command,
+    types::Message,
+    wire::Frame,
+};
+
+/// A live subscription: a [`Stream`] of [`Message`]s. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    pattern: String,
+    rx: mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Subscription {
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The next message; `None` once the node has shut down.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// Messages lost because this subscription's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        write(&self.shared.subs).retain(|s| s.id != self.id);
+        // If the queue is full the next periodic announcement carries the change.
+        let _ = self.commands.try_send(Command::StateChanged);
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .finish()
+    }
+}
+
+/// Adds a local subscription and announces it.
+pub(crate) async fn subscribe(
+    shared: &Arc<Shared>,
+    commands: &mpsc::Sender<Command>,
+    pattern: &str,
+) -> Result<Subscription, Error> {
+    let parsed = Pattern::parse(pattern)?;
+    let (tx, rx) = mpsc::channel(shared.limits.subscription_buffer);
+    let id = shared.next_sub.fetch_add(1, Ordering::Relaxed);
+    let dropped = Arc::new(AtomicU64::new(0));
+    write(&shared.subs).push(LocalSub {
+        id,
+        pattern: parsed,
+        tx,
+        dropped: dropped.clone(),
+    });
+    commands
+        .send(Command::StateChanged)
+        .await
+        .map_err(|_| Error::Shutdown)?;
+    Ok(Subscription {
+        id,
+        pattern: pattern.to_owned(),
+        rx,
+        dropped,
+        shared: shared.clone(),
+        commands: commands.clone(),
+    })
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Publishes: local subscribers first, then one frame per connected remote
+/// subscriber. Returns how many remote subscribers it was sent to.
+pub(crate) async fn publish(shared: &Shared, topic: &str, payload: Bytes) -> Result<usize, Error> {
+    validate_topic(topic)?;
+    if payload.len() > shared.limits.max_payload {
+        return Err(Error::PayloadTooLarge {
+            len: payload.len(),
+            max: shared.limits.max_payload,
+        });
+    }
+    if !read(&shared.own_acl).may_publish(topic) {
+        return Err(Error::Denied(format!(
+            "our certificates do not allow publishing to `{topic}`"
+        )));
+    }
+    let ts = now_ms();
+    shared.deliver_local(&Message {
+        topic: topic.to_owned(),
+        payload: payload.clone(),
+        sender: shared.local_peer,
+        timestamp_ms: ts,
+    });
+    let links = shared.subscriber_links(topic);
+    let mut sent = 0;
+    for link in links {
+        let frame = Frame::Publish {
+            topic: topic.to_owned(),
+            payload: payload.clone(),
+            ts,
+        };
+        if link.send(frame).await.is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}

@@ -1,0 +1,246 @@
+//! State shared between the swarm task and the data path (link readers,
+//! publishers, callers). Locks are `std` locks held only for short,
+//! non-async sections; nothing awaits while holding one.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::Duration,
+};
+
+use atmosphere_behaviours::{membership::cert::Acl, pattern::Pattern};
+use libp2p::{swarm::ConnectionId, PeerId};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{
+    rpc::Handler,
+    types::Message,
+    wire::{CallResult, Frame, NetworkState},
+};
+
+/// Read-locks, recovering from poisoning (a panicked holder cannot leave
+/// these maps half-updated in a way that matters more than losing the node).
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write-locks, recovering from poisoning.
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Locks a mutex, recovering from poisoning.
+pub(crate) fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Limits copied from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_payload: usize,
+    pub subscription_buffer: usize,
+    pub link_queue: usize,
+    pub max_pending_calls: usize,
+}
+
+impl Limits {
+    /// Largest frame on a link: payload plus room for topic, ids and CBOR.
+    pub fn max_frame(&self) -> usize {
+        self.max_payload + 64 * 1024
+    }
+}
+
+/// A local subscription.
+pub(crate) struct LocalSub {
+    pub id: u64,
+    pub pattern: Pattern,
+    pub tx: mpsc::Sender<Message>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// The sending side of a peer link.
+#[derive(Clone)]
+pub(crate) struct LinkTx {
+    pub tx: mpsc::Sender<Frame>,
+    pub connection: ConnectionId,
+}
+
+/// What we know about a verified, connected peer.
+pub(crate) struct Remote {
+    pub acl: Acl,
+    pub name: Option<String>,
+    pub subscriptions: Vec<Pattern>,
+    pub registrations: HashSet<String>,
+    pub state_seq: u64,
+    pub link: Option<LinkTx>,
+    pub rtt: Option<Duration>,
+}
+
+impl Remote {
+    pub fn new(acl: Acl) -> Self {
+        Self {
+            acl,
+            name: None,
+            subscriptions: Vec::new(),
+            registrations: HashSet::new(),
+            state_seq: 0,
+            link: None,
+            rtt: None,
+        }
+    }
+
+    /// Applies a state record; returns false if it is older than the one held.
+    pub fn apply_state(&mut self, state: &NetworkState) -> bool {
+        if state.seq < self.state_seq {
+            return false;
+        }
+        self.state_seq = state.seq;
+        self.name = Some(state.name.clone()).filter(|n| !n.is_empty());
+        self.subscriptions = state
+            .subscriptions
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .collect();
+        self.registrations = state.registrations.iter().cloned().collect();
+        true
+    }
+}
+
+/// A call awaiting its answer.
+pub(crate) struct PendingCall {
+    pub peer: PeerId,
+    /// `Err` carries a transport failure (the link to the provider was lost).
+    pub tx: oneshot::Sender<Result<CallResult, String>>,
+}
+
+/// Shared state of one node.
+pub(crate) struct Shared {
+    pub local_peer: PeerId,
+    pub limits: Limits,
+    pub subs: RwLock<Vec<LocalSub>>,
+    pub next_sub: AtomicU64,
+    pub handlers: RwLock<HashMap<String, Arc<dyn Handler>>>,
+    pub remotes: RwLock<HashMap<PeerId, Remote>>,
+    pub pending: Mutex<HashMap<u64, PendingCall>>,
+    pub next_call: AtomicU64,
+    pub handler_slots: Arc<Semaphore>,
+    /// Union of our own certificates' permissions.
+    pub own_acl: RwLock<Acl>,
+}
+
+impl Shared {
+    pub fn new(local_peer: PeerId, limits: Limits, max_handlers: usize) -> Self {
+        Self {
+            local_peer,
+            limits,
+            subs: RwLock::new(Vec::new()),
+            next_sub: AtomicU64::new(1),
+            handlers: RwLock::new(HashMap::new()),
+            remotes: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+            handler_slots: Arc::new(Semaphore::new(max_handlers)),
+            own_acl: RwLock::new(Acl::default()),
+        }
+    }
+
+    /// Hands `message` to every matching local subscription. A full
+    /// subscription buffer drops the message for that subscriber (counted).
+    pub fn deliver_local(&self, message: &Message) -> usize {
+        let subs = read(&self.subs);
+        let mut delivered = 0;
+        for sub in subs.iter().filter(|s| s.pattern.matches(&message.topic)) {
+            match sub.tx.try_send(message.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(pattern = %sub.pattern, "subscriber too slow: message dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Links of connected peers subscribed to `topic` and allowed to receive it.
+    pub fn subscriber_links(&self, topic: &str) -> Vec<mpsc::Sender<Frame>> {
+        read(&self.remotes)
+            .values()
+            .filter(|r| {
+                r.subscriptions.iter().any(|p| p.matches(topic)) && r.acl.may_subscribe(topic)
+            })
+            .filter_map(|r| r.link.as_ref().map(|l| l.tx.clone()))
+            .collect()
+    }
+
+    /// The link of `peer`, if it is connected and verified.
+    pub fn link(&self, peer: &PeerId) -> Option<mpsc::Sender<Frame>> {
+        read(&self.remotes)
+            .get(peer)
+            .and_then(|r| r.link.as_ref().map(|l| l.tx.clone()))
+    }
+
+    /// A connected provider of `uri`: `wanted` if given, else the one with
+    /// the lowest measured RTT.
+    pub fn provider(
+        &self,
+        uri: &str,
+        wanted: Option<PeerId>,
+    ) -> Option<(PeerId, mpsc::Sender<Frame>)> {
+        let remotes = read(&self.remotes);
+        if let Some(peer) = wanted {
+            return remotes
+                .get(&peer)
+                .and_then(|r| r.link.as_ref())
+                .map(|l| (peer, l.tx.clone()));
+        }
+        remotes
+            .iter()
+            .filter(|(_, r)| r.registrations.contains(uri))
+            .filter_map(|(p, r)| r.link.as_ref().map(|l| (*p, l.tx.clone(), r.rtt)))
+            .min_by_key(|(_, _, rtt)| rtt.unwrap_or(Duration::MAX))
+            .map(|(p, tx, _)| (p, tx))
+    }
+
+    /// Forgets a disconnected peer and fails its outstanding calls.
+    pub fn remove_remote(&self, peer: &PeerId) {
+        write(&self.remotes).remove(peer);
+        let failed: Vec<PendingCall> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, c)| c.peer == *peer)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .collect()
+        };
+        for call in failed {
+            let _ = call
+                .tx
+                .send(Err("the connection to the provider was lost".into()));
+        }
+    }
+
+    /// Our subscription patterns, de-duplicated.
+    pub fn subscription_patterns(&self) -> Vec<String> {
+        let mut patterns: Vec<String> = read(&self.subs)
+            .iter()
+            .map(|s| s.pattern.as_str().to_owned())
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        patterns
+    }
+
+    /// Our registered URIs.
+    pub fn registration_uris(&self) -> Vec<String> {
+        let mut uris: Vec<String> = read(&self.handlers).keys().cloned().collect();
+        uris.sort();
+        uris
+    }
+}

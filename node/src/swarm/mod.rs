@@ -1,0 +1,972 @@
+//! The swarm task: one tokio task owns the `Swarm` and everything that must
+//! not be shared (the store, the meshes, the peer directory). The [`crate::Node`]
+//! handle talks to it through a bounded [`Command`] channel.
+
+mod behaviour;
+mod meshes;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    core::ConnectedPoint,
+    gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash},
+    identify,
+    identity::Keypair,
+    mdns, ping,
+    swarm::{dial_opts::DialOpts, dial_opts::PeerCondition, ConnectionId, SwarmEvent},
+    Multiaddr, PeerId, Stream, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use atmosphere_behaviours::{
+    channel,
+    membership::{
+        self,
+        cert::{Acl, CertificateBody, MeshDescriptor, MeshId},
+    },
+};
+
+pub(crate) use behaviour::MeshBehaviour;
+use behaviour::MeshBehaviourEvent;
+
+use crate::{
+    config::Config,
+    error::Error,
+    invite::InviteUri,
+    link,
+    shared::{read, write, LinkTx, Remote, Shared},
+    store::Store,
+    types::{Invite, InviteOptions, MeshInfo, PeerInfo, Status, VERSION},
+    wire::{self, Frame, MemberHint, NetworkState, StateAnnouncement, MAX_ADDRS, MAX_MEMBER_HINTS},
+};
+
+/// How long a join may take before it is reported as failed.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a refused peer is not re-dialed after mDNS or hints.
+const REJECT_COOLDOWN: Duration = Duration::from_secs(600);
+/// Most refused peers remembered.
+const MAX_REJECTED: usize = 1024;
+/// Most peers in the directory (members heard of but maybe not connected).
+const MAX_DIRECTORY: usize = 4096;
+/// Most dials started per reconnect tick.
+const MAX_DIALS_PER_TICK: usize = 32;
+
+/// Requests to the swarm task.
+pub(crate) enum Command {
+    CreateMesh {
+        name: String,
+        reply: oneshot::Sender<Result<MeshInfo, Error>>,
+    },
+    Invite {
+        mesh: Option<String>,
+        options: InviteOptions,
+        reply: oneshot::Sender<Result<Invite, Error>>,
+    },
+    Join {
+        invite: InviteUri,
+        reply: oneshot::Sender<Result<MeshInfo, Error>>,
+    },
+    ListMeshes {
+        reply: oneshot::Sender<Result<Vec<MeshInfo>, Error>>,
+    },
+    Forget {
+        mesh: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Result<Vec<PeerInfo>, Error>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// Our subscriptions or registrations changed: announce.
+    StateChanged,
+    /// A peer's state record arrived on its link.
+    RemoteState {
+        peer: PeerId,
+        state: NetworkState,
+    },
+    /// A link writer stopped.
+    LinkClosed {
+        peer: PeerId,
+        connection: ConnectionId,
+    },
+    /// A peer sent something malformed on its link: drop it.
+    Misbehaved {
+        peer: PeerId,
+        reason: String,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A mesh we are in.
+pub(crate) struct MeshState {
+    pub descriptor: MeshDescriptor,
+    pub is_founder: bool,
+    pub certificate: membership::cert::Certificate,
+    pub acl: Acl,
+    pub topic: IdentTopic,
+}
+
+struct PendingJoin {
+    mesh: MeshId,
+    reply: oneshot::Sender<Result<MeshInfo, Error>>,
+    deadline: Instant,
+}
+
+/// A member heard of (connected or not).
+#[derive(Default)]
+struct DirectoryEntry {
+    name: Option<String>,
+    addrs: Vec<Multiaddr>,
+    meshes: HashSet<MeshId>,
+}
+
+pub(crate) struct Runtime {
+    swarm: Swarm<MeshBehaviour>,
+    keypair: Keypair,
+    shared: Arc<Shared>,
+    store: Store,
+    config: Config,
+    name: String,
+    commands: mpsc::Sender<Command>,
+    meshes: HashMap<MeshId, MeshState>,
+    topics: HashMap<TopicHash, MeshId>,
+    joins: HashMap<PeerId, PendingJoin>,
+    pending_inbound: HashMap<PeerId, Stream>,
+    connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
+    directory: HashMap<PeerId, DirectoryEntry>,
+    rejected: HashMap<PeerId, Instant>,
+    rejected_order: VecDeque<PeerId>,
+    opening: HashSet<PeerId>,
+    state_seq: u64,
+    started: Instant,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn is_routable_for_hint(addr: &Multiaddr) -> bool {
+    !addr
+        .iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
+}
+
+impl Runtime {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        swarm: Swarm<MeshBehaviour>,
+        keypair: Keypair,
+        shared: Arc<Shared>,
+        store: Store,
+        config: Config,
+        name: String,
+        commands: mpsc::Sender<Command>,
+    ) -> Result<Self, Error> {
+        let mut runtime = Self {
+            swarm,
+            keypair,
+            shared,
+            store,
+            config,
+            name,
+            commands,
+            meshes: HashMap::new(),
+            topics: HashMap::new(),
+            joins: HashMap::new(),
+            pending_inbound: HashMap::new(),
+            connections: HashMap::new(),
+            directory: HashMap::new(),
+            rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
+            opening: HashSet::new(),
+            state_seq: 0,
+            started: Instant::now(),
+        };
+        runtime.load_meshes()?;
+        Ok(runtime)
+    }
+
+    /// Runs until shutdown.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        for addr in self.config.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+        let mut state_tick = tokio::time::interval(self.config.state_interval());
+        let mut reconnect_tick =
+            tokio::time::interval(Duration::from_secs(self.config.reconnect_interval_secs));
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = state_tick.tick() => self.announce_state(),
+                _ = reconnect_tick.tick() => self.reconnect(),
+                _ = housekeeping.tick() => self.expire_joins(),
+            }
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn local_peer(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::CreateMesh { name, reply } => {
+                let _ = reply.send(self.create_mesh(&name));
+            }
+            Command::Invite {
+                mesh,
+                options,
+                reply,
+            } => {
+                let _ = reply.send(self.invite(mesh.as_deref(), options));
+            }
+            Command::Join { invite, reply } => self.join(invite, reply),
+            Command::ListMeshes { reply } => {
+                let _ = reply.send(self.list_meshes());
+            }
+            Command::Forget { mesh, reply } => {
+                let _ = reply.send(self.forget(&mesh));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peers());
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| Error::Transport(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::StateChanged => self.announce_state(),
+            Command::RemoteState { peer, state } => self.on_remote_state(peer, state),
+            Command::LinkClosed { peer, connection } => self.on_link_closed(peer, connection),
+            Command::Misbehaved { peer, reason } => {
+                tracing::warn!(%peer, %reason, "peer sent a malformed frame; disconnecting");
+                self.shared.remove_remote(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Shutdown { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, endpoint));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => self.on_connection_closed(peer_id, connection_id, num_established),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                if !self.swarm.is_connected(&peer) {
+                    if let Some(join) = self.joins.remove(&peer) {
+                        let _ = join
+                            .reply
+                            .send(Err(Error::Join(format!("could not reach {peer}: {error}"))));
+                    }
+                }
+                tracing::debug!(%peer, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_closed(&mut self, peer: PeerId, connection: ConnectionId, remaining: u32) {
+        if let Some(conns) = self.connections.get_mut(&peer) {
+            conns.retain(|(id, _)| *id != connection);
+        }
+        if remaining == 0 {
+            self.connections.remove(&peer);
+            self.pending_inbound.remove(&peer);
+            self.opening.remove(&peer);
+            let was_member = read(&self.shared.remotes).contains_key(&peer);
+            self.shared.remove_remote(&peer);
+            if was_member {
+                tracing::info!(%peer, "member disconnected");
+                if let Err(e) = self.store.upsert_peer(&peer.to_string(), None, unix_now()) {
+                    tracing::warn!(error = %e, "store");
+                }
+            }
+        } else {
+            let link_on_it = read(&self.shared.remotes)
+                .get(&peer)
+                .and_then(|r| r.link.as_ref())
+                .is_some_and(|l| l.connection == connection);
+            if link_on_it {
+                self.on_link_closed(peer, connection);
+            }
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: MeshBehaviourEvent) {
+        match event {
+            MeshBehaviourEvent::Membership(event) => self.on_membership_event(event),
+            MeshBehaviourEvent::Channel(event) => self.on_channel_event(event),
+            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                if let Some(remote) = write(&self.shared.remotes).get_mut(&peer) {
+                    remote.rtt = Some(rtt);
+                }
+            }
+            MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.maybe_dial(peer, vec![addr]);
+                }
+            }
+            MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let acceptance = self.on_gossip(&message);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_membership_event(&mut self, event: membership::Event) {
+        match event {
+            membership::Event::Verified { peer, meshes } => self.on_verified(peer, meshes),
+            membership::Event::Rejected { peer, reason } => {
+                tracing::info!(%peer, %reason, "peer refused");
+                self.remember_rejected(peer);
+            }
+            membership::Event::JoinRequested {
+                peer,
+                request,
+                responder,
+            } => self.on_join_request(peer, request, responder),
+            membership::Event::Joined {
+                peer,
+                mesh,
+                certificate,
+            } => self.on_joined(peer, mesh, certificate),
+            membership::Event::JoinRefused { peer, mesh, reason } => {
+                tracing::info!(%peer, %mesh, %reason, "join refused");
+                if let Some(join) = self.joins.remove(&peer) {
+                    let _ = join.reply.send(Err(Error::Join(reason)));
+                }
+            }
+        }
+    }
+
+    fn on_channel_event(&mut self, event: channel::Event) {
+        match event {
+            channel::Event::Inbound { peer, stream, .. } => {
+                if read(&self.shared.remotes).contains_key(&peer) {
+                    self.spawn_reader(peer, stream);
+                } else {
+                    // Verification may still be under way; keep the newest stream.
+                    self.pending_inbound.insert(peer, stream);
+                }
+            }
+            channel::Event::Opened {
+                peer,
+                connection,
+                stream,
+                ..
+            } => {
+                self.opening.remove(&peer);
+                self.start_writer(peer, connection, stream);
+            }
+            channel::Event::OpenFailed { peer, error, .. } => {
+                self.opening.remove(&peer);
+                tracing::debug!(%peer, %error, "channel stream failed to open");
+            }
+        }
+    }
+
+    fn spawn_reader(&self, peer: PeerId, stream: Stream) {
+        tokio::spawn(link::run_reader(
+            peer,
+            stream,
+            self.shared.clone(),
+            self.commands.clone(),
+        ));
+    }
+
+    fn start_writer(&mut self, peer: PeerId, connection: ConnectionId, stream: Stream) {
+        let (tx, rx) = mpsc::channel(self.shared.limits.link_queue);
+        // The state record goes first so the peer knows our interests at once.
+        let state = self.state_for(&peer);
+        if tx.try_send(Frame::State(state)).is_err() {
+            return;
+        }
+        {
+            let mut remotes = write(&self.shared.remotes);
+            let Some(remote) = remotes.get_mut(&peer) else {
+                return;
+            };
+            remote.link = Some(LinkTx { tx, connection });
+        }
+        tokio::spawn(link::run_writer(
+            peer,
+            connection,
+            stream,
+            rx,
+            self.shared.limits.max_frame(),
+            self.commands.clone(),
+        ));
+    }
+
+    fn open_link(&mut self, peer: PeerId) {
+        if self.opening.contains(&peer) {
+            return;
+        }
+        match self.swarm.behaviour_mut().channel.open_stream(peer, None) {
+            Ok(_) => {
+                self.opening.insert(peer);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "cannot open a link"),
+        }
+    }
+
+    fn on_link_closed(&mut self, peer: PeerId, connection: ConnectionId) {
+        let still_member = {
+            let mut remotes = write(&self.shared.remotes);
+            match remotes.get_mut(&peer) {
+                Some(remote) => {
+                    if remote
+                        .link
+                        .as_ref()
+                        .is_some_and(|l| l.connection == connection)
+                    {
+                        remote.link = None;
+                    }
+                    remote.link.is_none()
+                }
+                None => false,
+            }
+        };
+        if still_member && self.swarm.is_connected(&peer) {
+            self.open_link(peer);
+        }
+    }
+
+    fn on_verified(
+        &mut self,
+        peer: PeerId,
+        meshes: std::collections::BTreeMap<MeshId, CertificateBody>,
+    ) {
+        let mut acl = Acl::default();
+        for body in meshes.values() {
+            match body.permissions.compile() {
+                Ok(a) => acl = acl.union(&a),
+                Err(e) => tracing::warn!(%peer, error = %e, "invalid permissions in certificate"),
+            }
+        }
+        let is_new = {
+            let mut remotes = write(&self.shared.remotes);
+            match remotes.get_mut(&peer) {
+                Some(remote) => {
+                    remote.acl = acl;
+                    false
+                }
+                None => {
+                    remotes.insert(peer, Remote::new(acl));
+                    true
+                }
+            }
+        };
+        tracing::info!(%peer, meshes = meshes.len(), "member verified");
+        self.rejected.remove(&peer);
+        let now = unix_now();
+        let peer_str = peer.to_string();
+        for (mesh, body) in &meshes {
+            let mut cbor = Vec::new();
+            wire::encode(body, &mut cbor);
+            if let Err(e) = self
+                .store
+                .save_member(&mesh.to_string(), &peer_str, &cbor, now)
+            {
+                tracing::warn!(error = %e, "could not save member");
+            }
+        }
+        let entry = self.directory.entry(peer).or_default();
+        entry.meshes.extend(meshes.keys().copied());
+        if let Err(e) = self.store.upsert_peer(&peer_str, None, now) {
+            tracing::warn!(error = %e, "store");
+        }
+        for (_, endpoint) in self.connections.get(&peer).into_iter().flatten() {
+            if let ConnectedPoint::Dialer { address, .. } = endpoint {
+                if let Err(e) =
+                    self.store
+                        .record_endpoint_success(&peer_str, &address.to_string(), now, None)
+                {
+                    tracing::warn!(error = %e, "store");
+                }
+            }
+        }
+        if is_new {
+            if let Some(stream) = self.pending_inbound.remove(&peer) {
+                self.spawn_reader(peer, stream);
+            }
+            self.open_link(peer);
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if !read(&self.shared.remotes).contains_key(&peer) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .filter(is_routable_for_hint)
+            .take(MAX_ADDRS)
+            .collect();
+        let peer_str = peer.to_string();
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            if let Err(e) = self.store.add_endpoint(&peer_str, &addr.to_string()) {
+                tracing::warn!(error = %e, "store");
+            }
+        }
+        if self.directory.len() < MAX_DIRECTORY || self.directory.contains_key(&peer) {
+            self.directory.entry(peer).or_default().addrs = addrs;
+        }
+    }
+
+    fn on_remote_state(&mut self, peer: PeerId, state: NetworkState) {
+        let applied = {
+            let mut remotes = write(&self.shared.remotes);
+            remotes
+                .get_mut(&peer)
+                .map(|r| r.apply_state(&state))
+                .unwrap_or(false)
+        };
+        if !applied {
+            return;
+        }
+        self.note_directory(peer, &state);
+        if let Err(e) = self.store.upsert_peer(
+            &peer.to_string(),
+            Some(&state.name)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.as_str()),
+            unix_now(),
+        ) {
+            tracing::warn!(error = %e, "store");
+        }
+        for hint in state.members {
+            self.maybe_dial(hint.peer, hint.addrs);
+        }
+    }
+
+    fn note_directory(&mut self, peer: PeerId, state: &NetworkState) {
+        if self.directory.len() >= MAX_DIRECTORY && !self.directory.contains_key(&peer) {
+            return;
+        }
+        let entry = self.directory.entry(peer).or_default();
+        if !state.name.is_empty() {
+            entry.name = Some(state.name.clone());
+        }
+        if !state.addrs.is_empty() {
+            entry.addrs = state
+                .addrs
+                .iter()
+                .filter(|a| is_routable_for_hint(a))
+                .take(MAX_ADDRS)
+                .cloned()
+                .collect();
+        }
+    }
+
+    fn on_gossip(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(mesh) = self.topics.get(&message.topic).copied() else {
+            return MessageAcceptance::Ignore;
+        };
+        let Some(source) = message.source else {
+            return MessageAcceptance::Reject;
+        };
+        let Ok(announcement) = wire::decode::<StateAnnouncement>(&message.data) else {
+            return MessageAcceptance::Reject;
+        };
+        let Some(state) = self.meshes.get(&mesh) else {
+            return MessageAcceptance::Ignore;
+        };
+        let Ok(founder) = state.descriptor.verify() else {
+            return MessageAcceptance::Ignore;
+        };
+        let valid = announcement.mesh == mesh
+            && announcement
+                .certificate
+                .verify(&founder, unix_now().max(0) as u64)
+                .is_ok_and(|body| body.peer == source && body.mesh == mesh);
+        if !valid {
+            return MessageAcceptance::Reject;
+        }
+        if source != self.local_peer() {
+            let state = announcement.state.bounded();
+            self.note_directory(source, &state);
+            if let Some(entry) = self.directory.get_mut(&source) {
+                entry.meshes.insert(mesh);
+            }
+            if read(&self.shared.remotes).contains_key(&source) {
+                self.on_remote_state(source, state);
+            } else {
+                let addrs = state.addrs.clone();
+                self.maybe_dial(source, addrs);
+            }
+        }
+        MessageAcceptance::Accept
+    }
+
+    fn remember_rejected(&mut self, peer: PeerId) {
+        if self.rejected.insert(peer, Instant::now()).is_none() {
+            self.rejected_order.push_back(peer);
+            while self.rejected_order.len() > MAX_REJECTED {
+                if let Some(old) = self.rejected_order.pop_front() {
+                    self.rejected.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Dials a discovered peer unless it is us, connected, or recently refused.
+    fn maybe_dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local_peer() || self.swarm.is_connected(&peer) || addrs.is_empty() {
+            return;
+        }
+        if self
+            .rejected
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < REJECT_COOLDOWN)
+        {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    /// Dials known members that are not connected, from saved endpoints.
+    fn reconnect(&mut self) {
+        let members = match self.store.member_peer_ids() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "store");
+                return;
+            }
+        };
+        let mut dials = 0;
+        for peer_str in members {
+            if dials >= MAX_DIALS_PER_TICK {
+                break;
+            }
+            let Ok(peer) = peer_str.parse::<PeerId>() else {
+                continue;
+            };
+            if peer == self.local_peer() || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let mut addrs: Vec<Multiaddr> = self
+                .store
+                .endpoints(&peer_str)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|e| e.addr.parse().ok())
+                .collect();
+            if let Some(entry) = self.directory.get(&peer) {
+                addrs.extend(entry.addrs.iter().cloned());
+            }
+            addrs.dedup();
+            if addrs.is_empty() {
+                continue;
+            }
+            dials += 1;
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "reconnect dial not started");
+            }
+        }
+        // Verified peers whose link is down get a new one.
+        let linkless: Vec<PeerId> = read(&self.shared.remotes)
+            .iter()
+            .filter(|(_, r)| r.link.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in linkless {
+            self.open_link(peer);
+        }
+    }
+
+    fn expire_joins(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .joins
+            .iter()
+            .filter(|(_, j)| j.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            if let Some(join) = self.joins.remove(&peer) {
+                let _ = join.reply.send(Err(Error::Join(format!(
+                    "no answer from {peer} within {JOIN_TIMEOUT:?}"
+                ))));
+            }
+        }
+    }
+
+    /// Our listen addresses worth telling others.
+    fn advertised_addrs(&self) -> Vec<Multiaddr> {
+        self.swarm
+            .listeners()
+            .chain(self.swarm.external_addresses())
+            .filter(|a| is_routable_for_hint(a))
+            .take(MAX_ADDRS)
+            .cloned()
+            .collect()
+    }
+
+    /// Our state record as sent to `recipient` (member hints limited to the
+    /// meshes it shares with us).
+    fn state_for(&self, recipient: &PeerId) -> NetworkState {
+        let shared_meshes: HashSet<MeshId> = self
+            .swarm
+            .behaviour()
+            .membership
+            .verified(recipient)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        let members = self
+            .directory
+            .iter()
+            .filter(|(p, e)| {
+                *p != recipient
+                    && !e.addrs.is_empty()
+                    && e.meshes.iter().any(|m| shared_meshes.contains(m))
+            })
+            .take(MAX_MEMBER_HINTS)
+            .map(|(p, e)| MemberHint {
+                peer: *p,
+                addrs: e.addrs.clone(),
+            })
+            .collect();
+        NetworkState {
+            members,
+            ..self.base_state()
+        }
+    }
+
+    fn base_state(&self) -> NetworkState {
+        NetworkState {
+            name: self.name.clone(),
+            seq: self.state_seq,
+            subscriptions: self.shared.subscription_patterns(),
+            registrations: self.shared.registration_uris(),
+            addrs: self.advertised_addrs(),
+            members: Vec::new(),
+        }
+    }
+
+    /// Sends our state on every link and on every mesh's gossipsub topic.
+    fn announce_state(&mut self) {
+        self.state_seq += 1;
+        let links: Vec<(PeerId, mpsc::Sender<Frame>)> = read(&self.shared.remotes)
+            .iter()
+            .filter_map(|(p, r)| r.link.as_ref().map(|l| (*p, l.tx.clone())))
+            .collect();
+        for (peer, tx) in links {
+            if tx.try_send(Frame::State(self.state_for(&peer))).is_err() {
+                tracing::debug!(%peer, "link queue full: state goes out with the next announcement");
+            }
+        }
+        let base = self.base_state();
+        let announcements: Vec<(IdentTopic, Vec<u8>)> = self
+            .meshes
+            .values()
+            .map(|mesh| {
+                let mut data = Vec::new();
+                wire::encode(
+                    &StateAnnouncement {
+                        mesh: mesh.descriptor.id,
+                        certificate: mesh.certificate.clone(),
+                        state: base.clone(),
+                    },
+                    &mut data,
+                );
+                (mesh.topic.clone(), data)
+            })
+            .collect();
+        for (topic, data) in announcements {
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+                tracing::trace!(error = %e, "state not gossiped");
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            peer_id: self.local_peer().to_string(),
+            name: self.name.clone(),
+            version: VERSION.to_owned(),
+            listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
+            meshes: self.list_meshes().unwrap_or_default(),
+            connected_peers: read(&self.shared.remotes).len(),
+            subscriptions: self.shared.subscription_patterns(),
+            registrations: self.shared.registration_uris(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        let local = self.local_peer().to_string();
+        let mut by_peer: HashMap<String, PeerInfo> = HashMap::new();
+        for mesh in self.meshes.keys() {
+            for member in self.store.members(&mesh.to_string())? {
+                if member.peer_id == local {
+                    continue;
+                }
+                by_peer
+                    .entry(member.peer_id.clone())
+                    .or_insert_with(|| empty_peer_info(&member.peer_id))
+                    .meshes
+                    .push(mesh.to_string());
+            }
+        }
+        let remotes = read(&self.shared.remotes);
+        for (peer, remote) in remotes.iter() {
+            let info = by_peer
+                .entry(peer.to_string())
+                .or_insert_with(|| empty_peer_info(&peer.to_string()));
+            info.connected = true;
+            info.name = remote.name.clone();
+            info.subscriptions = remote
+                .subscriptions
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect();
+            let mut regs: Vec<String> = remote.registrations.iter().cloned().collect();
+            regs.sort();
+            info.registrations = regs;
+            info.rtt_ms = remote.rtt.map(|d| d.as_secs_f64() * 1000.0);
+        }
+        for info in by_peer.values_mut() {
+            if let Ok(peer) = info.peer_id.parse::<PeerId>() {
+                if let Some(entry) = self.directory.get(&peer) {
+                    if info.name.is_none() {
+                        info.name = entry.name.clone();
+                    }
+                    info.addresses = entry.addrs.iter().map(|a| a.to_string()).collect();
+                }
+            }
+            if let Ok(Some(record)) = self.store.peer(&info.peer_id) {
+                info.last_seen = Some(record.last_seen);
+                if info.name.is_none() {
+                    info.name = record.name;
+                }
+            }
+            if info.addresses.is_empty() {
+                info.addresses = self
+                    .store
+                    .endpoints(&info.peer_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e.addr)
+                    .collect();
+            }
+            info.meshes.sort();
+            info.meshes.dedup();
+        }
+        let mut list: Vec<PeerInfo> = by_peer.into_values().collect();
+        list.sort_by(|a, b| {
+            b.connected
+                .cmp(&a.connected)
+                .then(a.peer_id.cmp(&b.peer_id))
+        });
+        Ok(list)
+    }
+}
+
+fn empty_peer_info(peer: &str) -> PeerInfo {
+    PeerInfo {
+        peer_id: peer.to_owned(),
+        name: None,
+        connected: false,
+        meshes: Vec::new(),
+        addresses: Vec::new(),
+        subscriptions: Vec::new(),
+        registrations: Vec::new(),
+        rtt_ms: None,
+        last_seen: None,
+    }
+}
