@@ -156,6 +156,8 @@ pub struct Status {
     pub meshes: Vec<MeshInfo>,
     /// Verified peers connected now.
     pub connected_peers: usize,
+    /// Open connections, including ones still being verified.
+    pub open_connections: usize,
     /// Our local subscription patterns.
     pub subscriptions: Vec<String>,
     /// Our registered RPC URIs.

@@ -158,6 +158,8 @@ pub struct Behaviour {
     joins: HashMap<PeerId, JoinRequest>,
     joins_in_flight: HashMap<OutboundRequestId, MeshId>,
     close_after_reply: HashSet<PeerId>,
+    /// Refused peers to disconnect once the grace period for reading our reply is over.
+    closing: HashMap<PeerId, Instant>,
     events: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
     sweep: Delay,
 }
@@ -170,6 +172,11 @@ fn unix_now() -> u64 {
 }
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a refused dialer has to read our reply before we close the
+/// connection ourselves (it normally closes first, on reading the refusal;
+/// closing at once could cut the reply off).
+pub const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
 impl Behaviour {
     /// A membership behaviour for the node `local_peer`.
@@ -193,6 +200,7 @@ impl Behaviour {
             joins: HashMap::new(),
             joins_in_flight: HashMap::new(),
             close_after_reply: HashSet::new(),
+            closing: HashMap::new(),
             events: VecDeque::new(),
             sweep: Delay::new(SWEEP_INTERVAL),
         }
@@ -554,7 +562,7 @@ impl Behaviour {
             }
             request_response::Event::ResponseSent { peer, .. } => {
                 if self.close_after_reply.remove(&peer) {
-                    self.close(peer);
+                    self.closing.insert(peer, Instant::now() + REFUSAL_GRACE);
                 }
             }
         }
@@ -562,6 +570,18 @@ impl Behaviour {
 
     fn sweep_unverified(&mut self) {
         let now = Instant::now();
+        let due: Vec<PeerId> = self
+            .closing
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.closing.remove(&peer);
+            if self.verified(&peer).is_none() {
+                self.close(peer);
+            }
+        }
         let expired: Vec<PeerId> = self
             .peers
             .iter()
@@ -708,6 +728,7 @@ impl NetworkBehaviour for Behaviour {
                 if remaining_established == 0 {
                     self.peers.remove(&peer_id);
                     self.close_after_reply.remove(&peer_id);
+                    self.closing.remove(&peer_id);
                 } else if let Some(entry) = self.peers.get_mut(&peer_id) {
                     entry.connections = remaining_established;
                 }

@@ -882,6 +882,7 @@ impl Runtime {
             listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
             meshes: self.list_meshes().unwrap_or_default(),
             connected_peers: read(&self.shared.remotes).len(),
+            open_connections: self.connections.values().map(Vec::len).sum(),
             subscriptions: self.shared.subscription_patterns(),
             registrations: self.shared.registration_uris(),
             uptime_secs: self.started.elapsed().as_secs(),
