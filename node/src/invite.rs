@@ -113,12 +113,13 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The peer id at the end of a multiaddr, if any.
+/// The peer id a multiaddr ends in (`…/p2p/<peer>`), if any. For a relayed
+/// address (`…/p2p/<relay>/p2p-circuit/p2p/<peer>`) that is the target, not the relay.
 pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(peer) => Some(peer),
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
-    })
+    }
 }
 
 #[derive(Deserialize)]
@@ -293,7 +294,8 @@ mod tests {
         let good = sample();
         let mesh = good.mesh;
         let token = good.token.clone();
-        let cases: Vec<(String, fn(&InviteError) -> bool)> = vec![
+        type Check = fn(&InviteError) -> bool;
+        let cases: Vec<(String, Check)> = vec![
             ("http://join?token=x".into(), |e| {
                 matches!(e, InviteError::NotAnInvite(_))
             }),
@@ -335,6 +337,19 @@ mod tests {
             let err = InviteUri::parse(&uri).unwrap_err();
             assert!(check(&err), "{uri}: unexpected {err:?}");
         }
+    }
+
+    #[test]
+    fn peer_of_takes_the_final_p2p_component() {
+        let (relay, target) = (PeerId::random(), PeerId::random());
+        let relayed: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{relay}/p2p-circuit/p2p/{target}")
+            .parse()
+            .unwrap();
+        assert_eq!(peer_of(&relayed), Some(target));
+        let to_relay: Multiaddr = format!("/ip4/1.2.3.4/tcp/1/p2p/{relay}/p2p-circuit")
+            .parse()
+            .unwrap();
+        assert_eq!(peer_of(&to_relay), None);
     }
 
     #[test]

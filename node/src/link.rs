@@ -99,6 +99,10 @@ pub(crate) async fn run_reader(
         match protocol::read_frame(&mut reader, &mut buf, max_frame).await {
             Ok(true) => {}
             Ok(false) => break,
+            Err(protocol::FrameError::Io(error)) => {
+                tracing::debug!(%peer, %error, "link reader stopped");
+                break;
+            }
             Err(error) => {
                 let _ = commands
                     .send(Command::Misbehaved {

@@ -48,13 +48,20 @@ impl NodeBuilder {
                 config.data_dir.display()
             ))
         })?;
-        let store = Store::open(&config.data_dir.join(STORE_FILE))?;
+        let store_path = config.data_dir.join(STORE_FILE);
+        let store = Store::open(&store_path)?;
+        // The store holds the private key: owner-only access.
+        restrict_permissions(&config.data_dir, 0o700);
+        restrict_permissions(&store_path, 0o600);
         let keypair = load_or_create_identity(&store)?;
         let peer_id = keypair.public().to_peer_id();
-        let name = config
-            .name
-            .clone()
-            .unwrap_or_else(|| default_name(&peer_id));
+        let name = crate::wire::truncate_chars(
+            &config
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&peer_id)),
+            crate::wire::MAX_NAME_LEN,
+        );
         let limits = Limits {
             max_payload: config.max_payload,
             subscription_buffer: config.subscription_buffer,
@@ -122,6 +129,20 @@ fn load_or_create_identity(store: &Store) -> Result<Keypair, Error> {
             Ok(keypair)
         }
     }
+}
+
+/// Sets unix permission bits; logs (and otherwise ignores) failures, e.g. on
+/// file systems without permissions.
+fn restrict_permissions(path: &std::path::Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
 }
 
 fn default_name(peer: &PeerId) -> String {
@@ -205,6 +226,12 @@ impl Node {
             let mut handlers = write(&self.inner.shared.handlers);
             if handlers.contains_key(uri) {
                 return Err(Error::AlreadyRegistered(uri.to_owned()));
+            }
+            if handlers.len() >= crate::wire::MAX_ANNOUNCED {
+                return Err(Error::Busy(format!(
+                    "at most {} registrations per node",
+                    crate::wire::MAX_ANNOUNCED
+                )));
             }
             handlers.insert(uri.to_owned(), Arc::new(handler));
         }

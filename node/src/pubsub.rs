@@ -28,7 +28,7 @@ use crate::{
     shared::{read, write, LocalSub, Shared},
     swarm::Command,
     types::Message,
-    wire::Frame,
+    wire::{Frame, MAX_ANNOUNCED},
 };
 
 /// A live subscription: a [`Stream`] of [`Message`]s. Dropping it unsubscribes.
@@ -88,6 +88,17 @@ pub(crate) async fn subscribe(
     pattern: &str,
 ) -> Result<Subscription, Error> {
     let parsed = Pattern::parse(pattern)?;
+    {
+        let subs = read(&shared.subs);
+        let known = subs.iter().any(|s| s.pattern.as_str() == pattern);
+        let distinct: std::collections::HashSet<&str> =
+            subs.iter().map(|s| s.pattern.as_str()).collect();
+        if !known && distinct.len() >= MAX_ANNOUNCED {
+            return Err(Error::Busy(format!(
+                "at most {MAX_ANNOUNCED} distinct subscription patterns per node"
+            )));
+        }
+    }
     let (tx, rx) = mpsc::channel(shared.limits.subscription_buffer);
     let id = shared.next_sub.fetch_add(1, Ordering::Relaxed);
     let dropped = Arc::new(AtomicU64::new(0));

@@ -129,9 +129,21 @@ impl NetworkState {
         for m in &mut self.members {
             m.addrs.truncate(MAX_ADDRS);
         }
-        self.name.truncate(64);
+        self.name = truncate_chars(&self.name, MAX_NAME_LEN);
         self
     }
+}
+
+/// Longest node name kept, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// `s` cut to at most `max` bytes on a character boundary.
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 #[cfg(test)]
@@ -169,6 +181,17 @@ mod tests {
         }
         assert!(decode::<Frame>(b"\xff\xfe\x00garbage").is_err());
         assert!(decode::<Frame>(b"").is_err());
+    }
+
+    #[test]
+    fn long_multibyte_names_are_cut_on_a_character_boundary() {
+        let state = NetworkState {
+            name: "€".repeat(40),
+            ..Default::default()
+        }
+        .bounded();
+        assert!(state.name.len() <= MAX_NAME_LEN);
+        assert_eq!(state.name, "€".repeat(21));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub enum CertError {
 
 /// A mesh's id: 16 bytes, shown as 32 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MeshId([u8; 16]);
+pub struct MeshId(#[serde(with = "serde_bytes")] [u8; 16]);
 
 impl MeshId {
     /// The id's bytes.
@@ -129,8 +129,10 @@ pub struct MeshDescriptor {
     /// The human-readable name given by the founder.
     pub name: String,
     /// The founder's public key, protobuf-encoded (libp2p's encoding).
+    #[serde(with = "serde_bytes")]
     pub founder_key: Vec<u8>,
     /// The random nonce chosen at creation.
+    #[serde(with = "serde_bytes")]
     pub nonce: [u8; 16],
 }
 
@@ -291,8 +293,10 @@ pub struct CertificateBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Certificate {
     /// The CBOR-encoded body, exactly as signed.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The founder's signature over `"atmosphere-cert-v1" ‖ body`.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 

@@ -478,6 +478,13 @@ impl Runtime {
         for peer in dropped {
             self.shared.remove_remote(&peer);
         }
+        // Peers still sharing other meshes keep only those meshes' grants.
+        let membership = &self.swarm.behaviour().membership;
+        for (peer, remote) in write(&self.shared.remotes).iter_mut() {
+            if let Some(meshes) = membership.verified(peer) {
+                remote.acl = super::acl_of(peer, meshes);
+            }
+        }
         for entry in self.directory.values_mut() {
             entry.meshes.remove(&id);
         }

@@ -153,6 +153,11 @@ pub(crate) struct Runtime {
     rejected: HashMap<PeerId, Instant>,
     rejected_order: VecDeque<PeerId>,
     opening: HashSet<PeerId>,
+    /// Identify results that arrived before the peer was verified.
+    early_identify: HashMap<PeerId, identify::Info>,
+    /// Where the next reconnect round starts in the member list (rotates so
+    /// that every member gets its turn when there are more than fit a tick).
+    reconnect_cursor: usize,
     state_seq: u64,
     started: Instant,
 }
@@ -164,10 +169,13 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether an address can be handed to another node (not `0.0.0.0` or `::`).
 fn is_routable_for_hint(addr: &Multiaddr) -> bool {
-    !addr
-        .iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
+    !addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
 }
 
 impl Runtime {
@@ -198,6 +206,8 @@ impl Runtime {
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
             opening: HashSet::new(),
+            early_identify: HashMap::new(),
+            reconnect_cursor: 0,
             state_seq: 0,
             started: Instant::now(),
         };
@@ -336,6 +346,7 @@ impl Runtime {
         if remaining == 0 {
             self.connections.remove(&peer);
             self.pending_inbound.remove(&peer);
+            self.early_identify.remove(&peer);
             self.opening.remove(&peer);
             let was_member = read(&self.shared.remotes).contains_key(&peer);
             self.shared.remove_remote(&peer);
@@ -516,13 +527,7 @@ impl Runtime {
         peer: PeerId,
         meshes: std::collections::BTreeMap<MeshId, CertificateBody>,
     ) {
-        let mut acl = Acl::default();
-        for body in meshes.values() {
-            match body.permissions.compile() {
-                Ok(a) => acl = acl.union(&a),
-                Err(e) => tracing::warn!(%peer, error = %e, "invalid permissions in certificate"),
-            }
-        }
+        let acl = acl_of(&peer, &meshes);
         let is_new = {
             let mut remotes = write(&self.shared.remotes);
             match remotes.get_mut(&peer) {
@@ -565,6 +570,9 @@ impl Runtime {
                 }
             }
         }
+        if let Some(info) = self.early_identify.remove(&peer) {
+            self.on_identify(peer, info);
+        }
         if is_new {
             if let Some(stream) = self.pending_inbound.remove(&peer) {
                 self.spawn_reader(peer, stream);
@@ -575,6 +583,10 @@ impl Runtime {
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
         if !read(&self.shared.remotes).contains_key(&peer) {
+            // Bounded by the membership behaviour's limit on unverified peers.
+            if self.swarm.is_connected(&peer) {
+                self.early_identify.insert(peer, info);
+            }
             return;
         }
         let addrs: Vec<Multiaddr> = info
@@ -725,8 +737,15 @@ impl Runtime {
             }
         };
         let mut dials = 0;
-        for peer_str in members {
+        let start = self.reconnect_cursor % members.len().max(1);
+        let rotated: Vec<String> = members[start..]
+            .iter()
+            .chain(&members[..start])
+            .cloned()
+            .collect();
+        for (offset, peer_str) in rotated.into_iter().enumerate() {
             if dials >= MAX_DIALS_PER_TICK {
+                self.reconnect_cursor = start + offset;
                 break;
             }
             let Ok(peer) = peer_str.parse::<PeerId>() else {
@@ -745,7 +764,8 @@ impl Runtime {
             if let Some(entry) = self.directory.get(&peer) {
                 addrs.extend(entry.addrs.iter().cloned());
             }
-            addrs.dedup();
+            let mut seen = HashSet::new();
+            addrs.retain(|a| seen.insert(a.clone()));
             if addrs.is_empty() {
                 continue;
             }
@@ -956,6 +976,22 @@ impl Runtime {
         });
         Ok(list)
     }
+}
+
+/// The union of the permissions `peer` holds in `meshes`.
+pub(crate) fn acl_of(
+    peer: &PeerId,
+    meshes: &std::collections::BTreeMap<MeshId, CertificateBody>,
+) -> Acl {
+    meshes.values().fold(Acl::default(), |acl, body| {
+        match body.permissions.compile() {
+            Ok(a) => acl.union(&a),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "invalid permissions in certificate");
+                acl
+            }
+        }
+    })
 }
 
 fn empty_peer_info(peer: &str) -> PeerInfo {
