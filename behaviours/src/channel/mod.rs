@@ -23,8 +23,9 @@ use std::{
 use libp2p::{
     core::{transport::PortUse, Endpoint},
     swarm::{
-        ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
-        NotifyHandler, Stream, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::ConnectionEstablished, ConnectionClosed, ConnectionDenied, ConnectionId,
+        FromSwarm, NetworkBehaviour, NotifyHandler, Stream, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
     },
     Multiaddr, PeerId,
 };
@@ -176,14 +177,6 @@ impl Behaviour {
             .unwrap_or_default()
     }
 
-    fn add_connection(&mut self, peer: PeerId, id: ConnectionId) -> Handler {
-        self.connections.entry(peer).or_default().push(Connection {
-            id,
-            pending: Vec::new(),
-        });
-        Handler::new(self.config.keep_alive)
-    }
-
     fn settle(&mut self, peer: &PeerId, connection: ConnectionId, id: OpenId) {
         if let Some(conn) = self
             .connections
@@ -207,26 +200,43 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        connection: ConnectionId,
-        peer: PeerId,
+        _connection: ConnectionId,
+        _peer: PeerId,
         _local: &Multiaddr,
         _remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.add_connection(peer, connection))
+        Ok(Handler::new(self.config.keep_alive))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
-        connection: ConnectionId,
-        peer: PeerId,
+        _connection: ConnectionId,
+        _peer: PeerId,
         _addr: &Multiaddr,
         _role: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.add_connection(peer, connection))
+        Ok(Handler::new(self.config.keep_alive))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        // Connections are tracked from `ConnectionEstablished`, which the swarm
+        // sends only once every behaviour accepted the connection.
+        if let FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id,
+            connection_id,
+            ..
+        }) = event
+        {
+            self.connections
+                .entry(peer_id)
+                .or_default()
+                .push(Connection {
+                    id: connection_id,
+                    pending: Vec::new(),
+                });
+            return;
+        }
         if let FromSwarm::ConnectionClosed(ConnectionClosed {
             peer_id,
             connection_id,

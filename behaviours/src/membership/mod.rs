@@ -463,12 +463,19 @@ impl Behaviour {
     }
 
     fn on_reply(&mut self, peer: PeerId, request: OutboundRequestId, reply: HelloReply) {
-        if let Some(mesh_id) = self.joins_in_flight.remove(&request) {
-            self.on_join_outcome(peer, mesh_id, &reply.outcome);
-        }
+        let was_join = match self.joins_in_flight.remove(&request) {
+            Some(mesh_id) => {
+                self.on_join_outcome(peer, mesh_id, &reply.outcome);
+                true
+            }
+            None => false,
+        };
         let verified = self.verify_certificates(peer, &reply.certificates);
         if let Outcome::Refused { reason } = &reply.outcome {
-            if verified.is_empty() {
+            // Only a refused *join* from a peer we already share another mesh
+            // with leaves the connection standing (the listener keeps us as
+            // verified for that mesh); any other refusal ends it.
+            if !was_join || verified.is_empty() {
                 self.reject(peer, format!("refused by the peer: {reason}"), false);
                 return;
             }
