@@ -53,6 +53,14 @@ impl GlobalArgs {
 pub enum Command {
     /// Run the daemon: join the network and serve the local API until SIGINT/SIGTERM
     Run(RunArgs),
+    /// Commands that talk to a running daemon.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Commands that talk to a running daemon over the local API.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
     /// Create, share, join and leave meshes
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -60,9 +68,13 @@ pub enum Command {
     Peers(JsonFlag),
     /// Publish a message
     Pub(PubArgs),
-    /// Subscribe to a topic pattern and print messages as they arrive
+    /// Subscribe to a topic pattern and print `TOPIC PAYLOAD` lines as messages arrive
+    /// (backslashes and line breaks in payloads are escaped)
     Sub(SubArgs),
     /// Call an RPC and print its result as JSON
+    ///
+    /// Exit codes: 2 invalid input, 3 daemon unreachable, 4 no provider, 5 timeout,
+    /// 6 denied, 7 remote handler error, 8 transport failure.
     Call(CallArgs),
     /// Serve an RPC URI from this terminal (or a shell command) until interrupted
     Reply(ReplyArgs),

@@ -5,9 +5,6 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Version prefix of every route.
-pub const API_PREFIX: &str = "/v1";
-
 /// The error body of every non-2xx answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -147,7 +144,9 @@ impl MessageJson {
     pub fn from_message(message: &atmosphere::Message) -> Self {
         Self {
             topic: message.topic.clone(),
-            payload: std::str::from_utf8(&message.payload).ok().map(str::to_owned),
+            payload: std::str::from_utf8(&message.payload)
+                .ok()
+                .map(str::to_owned),
             payload_base64: B64.encode(&message.payload),
             sender: message.sender.to_string(),
             timestamp_ms: message.timestamp_ms,
@@ -258,8 +257,7 @@ mod tests {
         };
         let text = serde_json::to_string(&frame).unwrap_or_default();
         assert_eq!(text, r#"{"type":"subscribed","pattern":"a.*"}"#);
-        let reply: ReplyFrame =
-            serde_json::from_str(r#"{"id":3,"result":42}"#).unwrap_or_default();
+        let reply: ReplyFrame = serde_json::from_str(r#"{"id":3,"result":42}"#).unwrap_or_default();
         assert_eq!(reply.id, 3);
         assert_eq!(reply.result, Some(serde_json::json!(42)));
     }

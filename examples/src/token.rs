@@ -101,6 +101,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Whether `token` looks like one we wrote (long enough, base64url only).
 fn is_well_formed(token: &str) -> bool {
     token.len() >= MIN_TOKEN_LEN
         && token
@@ -108,6 +109,7 @@ fn is_well_formed(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Creates `path` afresh, readable and writable by the owner only.
 #[cfg(unix)]
 fn open_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -119,6 +121,7 @@ fn open_private(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
+/// Creates `path` afresh.
 #[cfg(not(unix))]
 fn open_private(path: &Path) -> io::Result<fs::File> {
     let _ = fs::remove_file(path);
@@ -128,6 +131,7 @@ fn open_private(path: &Path) -> io::Result<fs::File> {
         .open(path)
 }
 
+/// Makes an existing token file owner-only (0600) if it is not.
 #[cfg(unix)]
 fn restrict_permissions(path: &Path) -> Result<(), TokenError> {
     use std::os::unix::fs::PermissionsExt;
@@ -142,6 +146,7 @@ fn restrict_permissions(path: &Path) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// Nothing to restrict off Unix.
 #[cfg(not(unix))]
 fn restrict_permissions(_path: &Path) -> Result<(), TokenError> {
     Ok(())
@@ -154,7 +159,10 @@ mod tests {
     #[test]
     fn token_is_created_once_and_private() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        assert!(matches!(read_token(dir.path()), Err(TokenError::Missing(_))));
+        assert!(matches!(
+            read_token(dir.path()),
+            Err(TokenError::Missing(_))
+        ));
         let first = load_or_create_token(dir.path())?;
         assert_eq!(first.len(), 43);
         assert_eq!(load_or_create_token(dir.path())?, first);

@@ -11,7 +11,11 @@ use super::{ApiError, ApiState};
 use crate::token::constant_time_eq;
 
 /// Rejects requests without `Authorization: Bearer <token>` with 401.
-pub async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !is_authorized(request.headers(), &state.token) {
         tracing::debug!(path = %request.uri().path(), "rejected request without a valid token");
         return ApiError::unauthorized().into_response();
@@ -19,6 +23,7 @@ pub async fn require_token(State(state): State<ApiState>, request: Request, next
     next.run(request).await
 }
 
+/// Whether the headers carry `Bearer <token>` (scheme case-insensitive).
 fn is_authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;

@@ -91,6 +91,8 @@ impl From<Error> for ApiError {
             Error::NotFounder(_) => (StatusCode::FORBIDDEN, "not_founder"),
             Error::Join(_) => (StatusCode::CONFLICT, "join_failed"),
             Error::Denied(_) => (StatusCode::FORBIDDEN, "denied"),
+            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::AlreadyRegistered(_) => (StatusCode::CONFLICT, "already_registered"),
             Error::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             Error::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Error::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutdown"),

@@ -92,10 +92,12 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// 404 JSON error for unknown routes.
 async fn no_route(uri: Uri) -> ApiError {
     ApiError::no_route(uri.path())
 }
 
+/// 405 JSON error for a known route with the wrong method.
 async fn wrong_method(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,

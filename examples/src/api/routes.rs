@@ -92,7 +92,8 @@ pub async fn create_invite(
     if let Some(permissions) = request.permissions {
         options.permissions = permissions;
     }
-    let invite = state.node.invite(request.mesh.as_deref(), options).await?;
+    let mesh = request.mesh.as_deref();
+    let invite = state.node.invite(mesh, options).await?;
     tracing::info!(mesh = %invite.mesh_id, uses = invite.uses, "created invite");
     Ok((StatusCode::CREATED, Json(invite)))
 }
@@ -188,7 +189,10 @@ pub async fn call(
 /// 413 when `len` exceeds the node's payload limit.
 pub fn check_size(len: usize, max: usize) -> Result<(), ApiError> {
     if len > max {
-        return Err(ApiError::from(atmosphere::Error::PayloadTooLarge { len, max }));
+        return Err(ApiError::from(atmosphere::Error::PayloadTooLarge {
+            len,
+            max,
+        }));
     }
     Ok(())
 }

@@ -53,9 +53,7 @@ pub async fn register(
     let upgrade = upgrade.map_err(upgrade_error)?;
     let timeout = match query.timeout_ms {
         None => DEFAULT_TIMEOUT,
-        Some(ms) if ms > 0 && Duration::from_millis(ms) <= MAX_TIMEOUT => {
-            Duration::from_millis(ms)
-        }
+        Some(ms) if ms > 0 && Duration::from_millis(ms) <= MAX_TIMEOUT => Duration::from_millis(ms),
         Some(_) => {
             return Err(ApiError::bad_request(format!(
                 "timeout_ms must be between 1 and {}",
@@ -223,9 +221,7 @@ impl Session {
             reply.denied.is_some(),
         ];
         if given.iter().filter(|g| **g).count() > 1 {
-            return Err(
-                "give at most one of result, result_base64, error and denied".to_owned(),
-            );
+            return Err("give at most one of result, result_base64, error and denied".to_owned());
         }
         if let Some(message) = reply.error {
             return Ok(Err(HandlerError::Failed(message)));

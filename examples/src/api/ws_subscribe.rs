@@ -41,7 +41,10 @@ pub fn upgrade_error(rejection: WebSocketUpgradeRejection) -> ApiError {
     ApiError::new(
         rejection.status(),
         "websocket_required",
-        format!("this route needs a WebSocket upgrade: {}", rejection.body_text()),
+        format!(
+            "this route needs a WebSocket upgrade: {}",
+            rejection.body_text()
+        ),
     )
 }
 

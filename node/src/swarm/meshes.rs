@@ -160,11 +160,11 @@ impl Runtime {
                 let mut ids = self.meshes.keys();
                 match (ids.next(), ids.next()) {
                     (Some(id), None) => Ok(*id),
-                    (None, _) => Err(Error::UnknownMesh(
-                        "(none: create or join a mesh first)".into(),
+                    (None, _) => Err(Error::Invalid(
+                        "this node is in no mesh: create or join one first".into(),
                     )),
-                    (Some(_), Some(_)) => Err(Error::AmbiguousMesh(
-                        "no mesh given and this node is in several".into(),
+                    (Some(_), Some(_)) => Err(Error::Invalid(
+                        "this node is in several meshes: name one (id or name)".into(),
                     )),
                 }
             }

@@ -1,0 +1,212 @@
+//! `mesh-node run`: build the configuration, start the node, serve the local
+//! API, stop cleanly on SIGINT/SIGTERM.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+use tokio::{net::TcpListener, sync::watch};
+
+use atmosphere::{Config, Node, NodeBuilder};
+
+use crate::{
+    api::{self, ApiState},
+    cli::{GlobalArgs, RunArgs},
+    token::{load_or_create_token, token_path},
+};
+
+/// Name of the optional configuration file in the data directory.
+pub const CONFIG_FILE: &str = "atmosphere.toml";
+
+/// How long open API connections get to finish at shutdown.
+const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the first listen address before printing.
+const LISTEN_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs the daemon until a termination signal.
+pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
+    let config = build_config(global, &args)?;
+    let api_addr = global.api;
+    if !api_addr.ip().is_loopback() {
+        tracing::warn!(%api_addr, "the local API listens on a non-loopback address");
+    }
+    let listener = TcpListener::bind(api_addr).await.with_context(|| {
+        format!("cannot serve the local API on {api_addr} (is another mesh-node running? pick another with --api)")
+    })?;
+
+    let node = NodeBuilder::new(config.clone())
+        .build()
+        .await
+        .context("cannot start the node")?;
+    let token = load_or_create_token(&config.data_dir)?;
+    if config.data_dir != global.data_dir() {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "the config file moved the data dir; CLI commands need --data-dir to find the API token"
+        );
+    }
+    print_banner(&node, &config.data_dir, api_addr).await;
+
+    let (stop, stopping) = watch::channel(false);
+    let state = ApiState::new(node.clone(), token, config.max_payload, stopping.clone());
+    let mut server_stopping = stopping.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = server_stopping.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let outcome = tokio::select! {
+        signal = termination_signal() => {
+            let name = signal.context("cannot install signal handlers")?;
+            tracing::info!(signal = name, "shutting down");
+            Ok(())
+        }
+        served = &mut server => match served {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the local API stopped unexpectedly")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the local API failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("the local API task failed")),
+        },
+    };
+
+    let _ = stop.send(true);
+    if tokio::time::timeout(API_DRAIN_TIMEOUT, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("API connections did not close in time; dropping them");
+        server.abort();
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Defaults, then the config file, then environment variables, then flags.
+pub fn build_config(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(file) => Config::from_toml_file(file)?,
+        None => {
+            let file = global.data_dir().join(CONFIG_FILE);
+            if file.is_file() {
+                Config::from_toml_file(&file)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    config.apply_env()?;
+    if let Some(dir) = &global.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if let Some(name) = &args.name {
+        config.name = Some(name.clone());
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    for addr in &args.bootstrap {
+        if !config.bootstrap.contains(addr) {
+            config.bootstrap.push(addr.clone());
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Prints who we are and where to reach us (stdout), once listening.
+async fn print_banner(node: &Node, data_dir: &Path, api_addr: std::net::SocketAddr) {
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    let mut addrs = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        match node.listen_addrs().await {
+            Ok(found) if !found.is_empty() => {
+                addrs = found;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read listen addresses");
+                break;
+            }
+        }
+    }
+    println!("peer id: {}", node.peer_id());
+    println!("name: {}", node.name());
+    if addrs.is_empty() {
+        println!("listening on: (no address yet)");
+    }
+    for addr in addrs {
+        println!("listening on: {addr}");
+    }
+    println!(
+        "local API: http://{api_addr} (token: {})",
+        token_path(data_dir).display()
+    );
+}
+
+/// Resolves with the signal's name on SIGINT or SIGTERM.
+async fn termination_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = interrupt.recv() => Ok("SIGINT"),
+            _ = terminate.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Option<(GlobalArgs, RunArgs)> {
+        let cli = Cli::try_parse_from(args).ok()?;
+        match cli.command {
+            Command::Run(run) => Some((cli.global, run)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "name = \"from-file\"\nmax_payload = 2048\n",
+        )?;
+        let data_dir = dir.path().to_string_lossy().into_owned();
+        let (global, run) = parse(&[
+            "mesh-node",
+            "--data-dir",
+            &data_dir,
+            "run",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .ok_or_else(|| anyhow::anyhow!("parse failed"))?;
+        let config = build_config(&global, &run)?;
+        assert_eq!(config.name.as_deref(), Some("from-file"));
+        assert_eq!(config.max_payload, 2048);
+        assert!(!config.mdns);
+        assert_eq!(config.listen.len(), 1);
+        assert_eq!(config.data_dir, dir.path());
+        Ok(())
+    }
+}
