@@ -96,36 +96,34 @@ pub(crate) async fn run_reader(
     let mut reader = BufReader::with_capacity(BATCH_BYTES, stream);
     let mut buf = Vec::new();
     loop {
-        match protocol::read_frame(&mut reader, &mut buf, max_frame).await {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(protocol::FrameError::Io(error)) => {
-                tracing::debug!(%peer, %error, "link reader stopped");
-                break;
-            }
-            Err(error) => {
-                let _ = commands
-                    .send(Command::Misbehaved {
-                        peer,
-                        reason: error.to_string(),
-                    })
-                    .await;
+        match next_frame(&mut reader, &mut buf, max_frame).await {
+            Ok(Some(frame)) => dispatch(peer, frame, &shared, &commands).await,
+            Ok(None) => break,
+            Err(reason) => {
+                let _ = commands.send(Command::Misbehaved { peer, reason }).await;
                 break;
             }
         }
-        let frame = match wire::decode::<Frame>(&buf) {
-            Ok(frame) => frame,
-            Err(error) => {
-                let _ = commands
-                    .send(Command::Misbehaved {
-                        peer,
-                        reason: error.to_string(),
-                    })
-                    .await;
-                break;
-            }
-        };
-        dispatch(peer, frame, &shared, &commands).await;
+    }
+}
+
+/// The next frame; `Ok(None)` when the stream ended or failed at the I/O
+/// level, `Err` with a reason when the peer sent something malformed.
+async fn next_frame<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<Option<Frame>, String> {
+    match protocol::read_frame(reader, buf, max_frame).await {
+        Ok(true) => wire::decode::<Frame>(buf)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Ok(false) => Ok(None),
+        Err(protocol::FrameError::Io(error)) => {
+            tracing::debug!(%error, "link reader stopped");
+            Ok(None)
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -3,6 +3,10 @@
 //! from a stranger, garbage frames on the channel from a verified member, and
 //! calls to unknown peers. After each, the node must still serve.
 
+mod common;
+
+use common::{eventually, start, start_with, WAIT};
+
 use std::{future::Future, io, time::Duration};
 
 use atmosphere::{
@@ -12,7 +16,7 @@ use atmosphere::{
     },
     invite::{self, InviteError, InviteUri},
     wire::{self, Frame},
-    CallOptions, Config, Error, InviteOptions, Multiaddr, Node, NodeBuilder, PeerId, RpcError,
+    CallOptions, Error, InviteOptions, Multiaddr, Node, PeerId, RpcError,
 };
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
@@ -23,45 +27,9 @@ use libp2p::{
     swarm::{dial_opts::DialOpts, ConnectionError, NetworkBehaviour, SwarmEvent},
     tcp, yamux, StreamProtocol, Swarm,
 };
-use tempfile::TempDir;
 
-const WAIT: Duration = Duration::from_secs(30);
 /// The membership protocol, spelled out as a foreign implementation would.
 const MEMBERSHIP: StreamProtocol = StreamProtocol::new("/atmosphere/membership/1.0.0");
-
-struct TestNode {
-    node: Node,
-    _dir: TempDir,
-}
-
-async fn start_with(name: &str, tweak: impl FnOnce(&mut Config)) -> TestNode {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::ephemeral(dir.path());
-    config.name = Some(name.to_owned());
-    tweak(&mut config);
-    let node = NodeBuilder::new(config).build().await.expect("node starts");
-    TestNode { node, _dir: dir }
-}
-
-async fn start(name: &str) -> TestNode {
-    start_with(name, |_| {}).await
-}
-
-/// Polls `check` until it returns true, failing after a generous timeout.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 /// The node answers a local call.
 async fn assert_serves_locally(node: &Node) {

@@ -1,49 +1,17 @@
 //! Three (and more) nodes in one process over loopback TCP: meshes, invites,
 //! pattern subscriptions, RPC and its typed errors, membership enforcement.
 
-use std::{future::Future, time::Duration};
+mod common;
+
+use common::{eventually, start, TestNode, WAIT};
+
+use std::time::Duration;
 
 use atmosphere::{
     CallOptions, Config, Error, HandlerError, InviteOptions, Message, Node, NodeBuilder,
     Permissions, Request, RpcError, Subscription,
 };
 use bytes::Bytes;
-use tempfile::TempDir;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-struct TestNode {
-    node: Node,
-    _dir: TempDir,
-}
-
-async fn start(name: &str) -> TestNode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::ephemeral(dir.path());
-    config.name = Some(name.to_owned());
-    let node = NodeBuilder::new(config).build().await.expect("node starts");
-    TestNode { node, _dir: dir }
-}
-
-/// Polls `check` until it returns true, failing after a generous timeout.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 /// Waits until `node` knows `count` connected peers subscribed to a pattern
 /// matching... simply: until each of `peers` announced `pattern`.

@@ -288,22 +288,37 @@ impl Runtime {
                 .reply
                 .send(Err(Error::Join("superseded by a newer join".into())));
         }
+        let request = JoinRequest {
+            mesh: invite.mesh,
+            token: invite.token,
+        };
+        self.rejected.remove(&peer);
+        let verified = self.swarm.behaviour().membership.verified(&peer).is_some();
+        let stale = self.swarm.is_connected(&peer) && !verified;
         self.joins.insert(
             peer,
             PendingJoin {
                 mesh: invite.mesh,
                 reply,
                 deadline: Instant::now() + JOIN_TIMEOUT,
+                deferred: stale.then(|| (request.clone(), addrs.clone())),
             },
         );
-        self.rejected.remove(&peer);
-        self.swarm.behaviour_mut().membership.request_join(
-            peer,
-            JoinRequest {
-                mesh: invite.mesh,
-                token: invite.token,
-            },
-        );
+        if stale {
+            // A connection that is not verified may be one being closed after a
+            // refusal: start afresh once it is gone.
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        self.send_join(peer, request, addrs);
+    }
+
+    /// Sends the join on the existing verified connection, or dials for it.
+    fn send_join(&mut self, peer: PeerId, request: JoinRequest, addrs: Vec<libp2p::Multiaddr>) {
+        self.swarm
+            .behaviour_mut()
+            .membership
+            .request_join(peer, request);
         if !self.swarm.is_connected(&peer) {
             let opts = DialOpts::peer_id(peer)
                 .addresses(addrs)
@@ -316,6 +331,14 @@ impl Runtime {
                         .send(Err(Error::Join(format!("cannot dial {peer}: {e}"))));
                 }
             }
+        }
+    }
+
+    /// Starts a join that waited for the last connection to `peer` to close.
+    pub(super) fn start_deferred_join(&mut self, peer: PeerId) {
+        let deferred = self.joins.get_mut(&peer).and_then(|j| j.deferred.take());
+        if let Some((request, addrs)) = deferred {
+            self.send_join(peer, request, addrs);
         }
     }
 

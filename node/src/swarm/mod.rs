@@ -28,6 +28,7 @@ use atmosphere_behaviours::{
     membership::{
         self,
         cert::{Acl, CertificateBody, MeshDescriptor, MeshId},
+        protocol::JoinRequest,
     },
 };
 
@@ -126,6 +127,8 @@ struct PendingJoin {
     mesh: MeshId,
     reply: oneshot::Sender<Result<MeshInfo, Error>>,
     deadline: Instant,
+    /// A join waiting for a stale connection to the peer to close first.
+    deferred: Option<(JoinRequest, Vec<Multiaddr>)>,
 }
 
 /// A member heard of (connected or not).
@@ -344,6 +347,7 @@ impl Runtime {
             conns.retain(|(id, _)| *id != connection);
         }
         if remaining == 0 {
+            self.start_deferred_join(peer);
             self.connections.remove(&peer);
             self.pending_inbound.remove(&peer);
             self.early_identify.remove(&peer);
