@@ -8,7 +8,6 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use rand::RngCore;
 
 /// File name of the token inside the data directory.
 pub const TOKEN_FILE: &str = "api.token";
@@ -87,8 +86,8 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, TokenError> {
 
 /// A fresh random token.
 pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    // `rand::random` draws from the thread-local CSPRNG, seeded by the OS.
+    let bytes: [u8; 32] = rand::random();
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
