@@ -152,9 +152,29 @@ impl Pattern {
     /// Whether `topic` matches this pattern. `topic` is assumed valid (see
     /// [`validate_topic`]); an invalid topic simply may not match.
     pub fn matches(&self, topic: &str) -> bool {
-        let topic: Vec<&str> = topic.split('.').collect();
-        matches_from(&self.segments, &topic)
+        let mut segments = [""; MAX_SEGMENTS];
+        match split_topic(topic, &mut segments) {
+            Some(n) => self.matches_segments(&segments[..n]),
+            None => false,
+        }
     }
+
+    /// Like [`Pattern::matches`] for a topic already split with [`split_topic`]
+    /// (split once, match against many patterns).
+    pub fn matches_segments(&self, topic: &[&str]) -> bool {
+        matches_from(&self.segments, topic)
+    }
+}
+
+/// Splits `topic` at dots into `out` without allocating; returns the number
+/// of segments, or `None` if there are more than [`MAX_SEGMENTS`].
+pub fn split_topic<'a>(topic: &'a str, out: &mut [&'a str; MAX_SEGMENTS]) -> Option<usize> {
+    let mut n = 0;
+    for segment in topic.split('.') {
+        *out.get_mut(n)? = segment;
+        n += 1;
+    }
+    Some(n)
 }
 
 /// Iterative wildcard matching with single-`**` backtracking (like glob `*`).
@@ -248,6 +268,17 @@ mod tests {
         assert!(!m("a.**.b.**.c", "a.x.y.c"));
         assert!(m("**.measured", "home.kitchen.measured"));
         assert!(m("a.**.**.b", "a.b"));
+    }
+
+    #[test]
+    fn split_topics_match_like_whole_ones() {
+        let mut buf = [""; MAX_SEGMENTS];
+        let n = split_topic("home.kitchen.temp", &mut buf).unwrap();
+        assert_eq!(&buf[..n], &["home", "kitchen", "temp"]);
+        let p = Pattern::parse("home.*.temp").unwrap();
+        assert!(p.matches_segments(&buf[..n]));
+        assert!(split_topic(&vec!["a"; 33].join("."), &mut buf).is_none());
+        assert!(!p.matches(&vec!["a"; 33].join(".")));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod error;
+mod frame_codec;
 pub mod invite;
 mod link;
 mod node;
@@ -40,5 +41,5 @@ pub use pubsub::Subscription;
 pub use rpc::{Handler, HandlerError};
 pub use types::{
     CallOptions, Invite, InviteOptions, MeshId, MeshInfo, Message, PeerInfo, Permissions, Request,
-    Role, Status, VERSION,
+    Role, Status, Traffic, VERSION,
 };

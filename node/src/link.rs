@@ -7,7 +7,7 @@
 //! frame. The reader decodes frames and dispatches them without going through
 //! the swarm task, except for state records.
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering, Arc};
 
 use futures::{io::BufReader, AsyncWriteExt};
 use libp2p::{swarm::ConnectionId, PeerId, Stream};
@@ -30,7 +30,7 @@ pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 fn push_frame(buf: &mut Vec<u8>, frame: &Frame, max: usize) -> bool {
     let start = buf.len();
     buf.extend_from_slice(&[0; protocol::FRAME_HEADER_LEN]);
-    wire::encode(frame, buf);
+    wire::encode_frame(frame, buf);
     let len = buf.len() - start - protocol::FRAME_HEADER_LEN;
     match u32::try_from(len) {
         Ok(len32) if len <= max => {
@@ -51,26 +51,31 @@ pub(crate) async fn run_writer(
     connection: ConnectionId,
     mut stream: Stream,
     mut rx: mpsc::Receiver<Frame>,
-    max_frame: usize,
+    shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
 ) {
+    let max_frame = shared.limits.max_frame();
+    let traffic = &shared.traffic;
     let mut buf = Vec::with_capacity(BATCH_BYTES);
     let result: std::io::Result<()> = async {
-        while let Some(frame) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
             buf.clear();
-            if !push_frame(&mut buf, &frame, max_frame) {
-                tracing::warn!(%peer, "frame over the size limit not sent");
-            }
-            while buf.len() < BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(frame) => {
-                        if !push_frame(&mut buf, &frame, max_frame) {
-                            tracing::warn!(%peer, "frame over the size limit not sent");
-                        }
-                    }
-                    Err(_) => break,
+            let mut frames = 0u64;
+            let mut next = Some(first);
+            while let Some(frame) = next.take() {
+                if push_frame(&mut buf, &frame, max_frame) {
+                    frames += 1;
+                } else {
+                    tracing::warn!(%peer, "frame over the size limit not sent");
+                }
+                if buf.len() < BATCH_BYTES {
+                    next = rx.try_recv().ok();
                 }
             }
+            traffic.frames_sent.fetch_add(frames, Ordering::Relaxed);
+            traffic
+                .bytes_sent
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             stream.write_all(&buf).await?;
             stream.flush().await?;
         }
@@ -97,7 +102,15 @@ pub(crate) async fn run_reader(
     let mut buf = Vec::new();
     loop {
         match next_frame(&mut reader, &mut buf, max_frame).await {
-            Ok(Some(frame)) => dispatch(peer, frame, &shared, &commands).await,
+            Ok(Some(frame)) => {
+                let traffic = &shared.traffic;
+                traffic.frames_received.fetch_add(1, Ordering::Relaxed);
+                traffic.bytes_received.fetch_add(
+                    (buf.len() + protocol::FRAME_HEADER_LEN) as u64,
+                    Ordering::Relaxed,
+                );
+                dispatch(peer, frame, &shared, &commands).await
+            }
             Ok(None) => break,
             Err(reason) => {
                 let _ = commands.send(Command::Misbehaved { peer, reason }).await;
@@ -115,9 +128,7 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(
     max_frame: usize,
 ) -> Result<Option<Frame>, String> {
     match protocol::read_frame(reader, buf, max_frame).await {
-        Ok(true) => wire::decode::<Frame>(buf)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Ok(true) => wire::decode_frame(buf).map(Some).map_err(|e| e.to_string()),
         Ok(false) => Ok(None),
         Err(protocol::FrameError::Io(error)) => {
             tracing::debug!(%error, "link reader stopped");

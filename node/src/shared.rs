@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use atmosphere_behaviours::{membership::cert::Acl, pattern::Pattern};
+use atmosphere_behaviours::{
+    membership::cert::Acl,
+    pattern::{split_topic, Pattern, MAX_SEGMENTS},
+};
 use libp2p::{swarm::ConnectionId, PeerId};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -129,6 +132,29 @@ pub(crate) struct Shared {
     pub handler_slots: Arc<Semaphore>,
     /// Union of our own certificates' permissions.
     pub own_acl: RwLock<Acl>,
+    /// App-channel traffic counters.
+    pub traffic: TrafficCounters,
+}
+
+/// Frames and bytes on app channels (frame bytes, before noise and the
+/// multiplexer add their own framing).
+#[derive(Debug, Default)]
+pub(crate) struct TrafficCounters {
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+impl TrafficCounters {
+    pub fn snapshot(&self) -> crate::types::Traffic {
+        crate::types::Traffic {
+            frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            frames_received: self.frames_received.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Shared {
@@ -144,15 +170,21 @@ impl Shared {
             next_call: AtomicU64::new(1),
             handler_slots: Arc::new(Semaphore::new(max_handlers)),
             own_acl: RwLock::new(Acl::default()),
+            traffic: TrafficCounters::default(),
         }
     }
 
     /// Hands `message` to every matching local subscription. A full
     /// subscription buffer drops the message for that subscriber (counted).
     pub fn deliver_local(&self, message: &Message) -> usize {
+        let mut segments = [""; MAX_SEGMENTS];
+        let Some(n) = split_topic(&message.topic, &mut segments) else {
+            return 0;
+        };
+        let segments = &segments[..n];
         let subs = read(&self.subs);
         let mut delivered = 0;
-        for sub in subs.iter().filter(|s| s.pattern.matches(&message.topic)) {
+        for sub in subs.iter().filter(|s| s.pattern.matches_segments(segments)) {
             match sub.tx.try_send(message.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -167,10 +199,16 @@ impl Shared {
 
     /// Links of connected peers subscribed to `topic` and allowed to receive it.
     pub fn subscriber_links(&self, topic: &str) -> Vec<mpsc::Sender<Frame>> {
+        let mut segments = [""; MAX_SEGMENTS];
+        let Some(n) = split_topic(topic, &mut segments) else {
+            return Vec::new();
+        };
+        let segments = &segments[..n];
         read(&self.remotes)
             .values()
             .filter(|r| {
-                r.subscriptions.iter().any(|p| p.matches(topic)) && r.acl.may_subscribe(topic)
+                r.subscriptions.iter().any(|p| p.matches_segments(segments))
+                    && r.acl.may_subscribe(topic)
             })
             .filter_map(|r| r.link.as_ref().map(|l| l.tx.clone()))
             .collect()

@@ -164,6 +164,22 @@ pub struct Status {
     pub registrations: Vec<String>,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// App-channel traffic since start.
+    pub traffic: Traffic,
+}
+
+/// Frames and bytes on app channels since start (frame bytes, before noise
+/// and the multiplexer add their own framing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Frames written.
+    pub frames_sent: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+    /// Frames read.
+    pub frames_received: u64,
+    /// Bytes read.
+    pub bytes_received: u64,
 }
 
 /// The Atmosphere version of this build.

@@ -114,6 +114,22 @@ pub fn encode<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     let _ = ciborium::into_writer(value, out);
 }
 
+/// Encodes an app-channel frame, appending to `out` (fast path for the hot
+/// frames; the bytes are the same as [`encode`]'s).
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) {
+    if !crate::frame_codec::encode(frame, out) {
+        encode(frame, out);
+    }
+}
+
+/// Decodes an app-channel frame (fast path for the hot frames).
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame, DecodeError> {
+    match crate::frame_codec::decode(bytes) {
+        Some(frame) => Ok(frame),
+        None => decode(bytes),
+    }
+}
+
 /// Decodes a CBOR value.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
     ciborium::from_reader(bytes).map_err(|e| DecodeError(e.to_string()))

@@ -487,7 +487,7 @@ impl Runtime {
             connection,
             stream,
             rx,
-            self.shared.limits.max_frame(),
+            self.shared.clone(),
             self.commands.clone(),
         ));
     }
@@ -910,6 +910,7 @@ impl Runtime {
             subscriptions: self.shared.subscription_patterns(),
             registrations: self.shared.registration_uris(),
             uptime_secs: self.started.elapsed().as_secs(),
+            traffic: self.shared.traffic.snapshot(),
         }
     }
 
