@@ -251,7 +251,12 @@ async fn expect_rejected_and_closed(dialer: &mut MSwarm, listener: &mut MSwarm) 
         "rejection and close",
         |side, event, _, _| {
             match (side, event) {
-                (Side::B, SwarmEvent::Behaviour(Event::Rejected { peer, reason: r })) => {
+                (
+                    Side::B,
+                    SwarmEvent::Behaviour(Event::Rejected {
+                        peer, reason: r, ..
+                    }),
+                ) => {
                     assert_eq!(peer, dialer_id);
                     reason = Some(r);
                 }
@@ -369,12 +374,28 @@ async fn peer_without_certificate_is_rejected_and_disconnected() {
         "rejection",
         |side, event, _, _| {
             match (side, event) {
-                (Side::A, SwarmEvent::Behaviour(Event::Rejected { peer, reason })) => {
+                (
+                    Side::A,
+                    SwarmEvent::Behaviour(Event::Rejected {
+                        peer,
+                        reason,
+                        refused,
+                    }),
+                ) => {
                     assert_eq!(peer, listener_id);
+                    assert!(refused, "the listener's refusal is a refusal");
                     dialer_rejected = Some(reason);
                 }
-                (Side::B, SwarmEvent::Behaviour(Event::Rejected { peer, reason })) => {
+                (
+                    Side::B,
+                    SwarmEvent::Behaviour(Event::Rejected {
+                        peer,
+                        reason,
+                        refused,
+                    }),
+                ) => {
                     assert_eq!(peer, dialer_id);
+                    assert!(refused, "no valid certificate is a refusal");
                     listener_rejected = Some(reason);
                 }
                 (_, SwarmEvent::Behaviour(Event::Verified { peer, .. })) => {
@@ -490,7 +511,7 @@ async fn dialer_refuses_a_listener_with_a_forged_certificate() {
         "dialer rejects",
         |side, event, _, _| {
             match (side, event) {
-                (Side::A, SwarmEvent::Behaviour(Event::Rejected { peer, reason })) => {
+                (Side::A, SwarmEvent::Behaviour(Event::Rejected { peer, reason, .. })) => {
                     assert_eq!(peer, listener_id);
                     dialer_reason = Some(reason);
                 }
@@ -801,8 +822,16 @@ async fn silent_dialer_is_disconnected_after_the_hello_timeout() {
                     );
                     silent_closed = true;
                 }
-                Ev::B(SwarmEvent::Behaviour(Event::Rejected { peer, reason: r })) => {
+                Ev::B(SwarmEvent::Behaviour(Event::Rejected {
+                    peer,
+                    reason: r,
+                    refused,
+                })) => {
                     assert_eq!(peer, silent_id);
+                    assert!(
+                        !refused,
+                        "a missing hello is a failed exchange, not a refusal"
+                    );
                     reason = Some(r);
                 }
                 Ev::B(SwarmEvent::Behaviour(other)) => panic!("unexpected {other:?}"),
@@ -1061,7 +1090,7 @@ async fn dialer_refused_by_the_listener_does_not_verify_it() {
                 (Side::A, SwarmEvent::Behaviour(Event::Verified { peer, .. })) => {
                     panic!("dialer verified {peer}, which refused it")
                 }
-                (Side::A, SwarmEvent::Behaviour(Event::Rejected { peer, reason })) => {
+                (Side::A, SwarmEvent::Behaviour(Event::Rejected { peer, reason, .. })) => {
                     assert_eq!(peer, listener_id);
                     assert!(reason.contains("refused by the peer"), "{reason}");
                     dialer_rejected = true;

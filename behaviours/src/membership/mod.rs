@@ -84,6 +84,11 @@ pub enum Event {
         peer: PeerId,
         /// Why.
         reason: String,
+        /// `true` when membership was actually refused (no valid certificate
+        /// for a shared mesh, or the peer refused us); `false` when the
+        /// exchange failed (timeout, I/O, connection closed) and a later
+        /// attempt may well succeed.
+        refused: bool,
     },
     /// The peer wants to join one of our meshes with an invite. Answer with
     /// [`Behaviour::accept_join`] or [`Behaviour::refuse_join`].
@@ -306,7 +311,7 @@ impl Behaviour {
         };
         let _ = self.inner.send_response(channel, reply);
         if verified.is_empty() {
-            self.reject(peer, reason, true);
+            self.reject(peer, reason, true, true);
         } else {
             self.mark_verified(peer, verified);
         }
@@ -385,13 +390,17 @@ impl Behaviour {
             }));
     }
 
-    fn reject(&mut self, peer: PeerId, reason: String, after_reply: bool) {
+    fn reject(&mut self, peer: PeerId, reason: String, refused: bool, after_reply: bool) {
         if self.exempt.contains(&peer) {
             return;
         }
-        tracing::debug!(%peer, %reason, "peer refused");
+        tracing::debug!(%peer, %reason, refused, "peer rejected");
         self.events
-            .push_back(ToSwarm::GenerateEvent(Event::Rejected { peer, reason }));
+            .push_back(ToSwarm::GenerateEvent(Event::Rejected {
+                peer,
+                reason,
+                refused,
+            }));
         if after_reply {
             self.close_after_reply.insert(peer);
         } else {
@@ -456,6 +465,7 @@ impl Behaviour {
                 peer,
                 "presented no valid certificate for a shared mesh".into(),
                 true,
+                true,
             );
         } else {
             self.mark_verified(peer, verified);
@@ -476,12 +486,12 @@ impl Behaviour {
             // with leaves the connection standing (the listener keeps us as
             // verified for that mesh); any other refusal ends it.
             if !was_join || verified.is_empty() {
-                self.reject(peer, format!("refused by the peer: {reason}"), false);
+                self.reject(peer, format!("refused by the peer: {reason}"), true, false);
                 return;
             }
         }
         if verified.is_empty() {
-            self.reject(peer, "the peer shares no mesh with us".into(), false);
+            self.reject(peer, "the peer shares no mesh with us".into(), true, false);
         } else {
             self.mark_verified(peer, verified);
         }
@@ -558,13 +568,14 @@ impl Behaviour {
                         }));
                 }
                 if self.verified(&peer).is_none() {
-                    self.reject(peer, describe_outbound(&error), false);
+                    let refused = matches!(error, OutboundFailure::UnsupportedProtocols);
+                    self.reject(peer, describe_outbound(&error), refused, false);
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 self.close_after_reply.remove(&peer);
                 if self.verified(&peer).is_none() {
-                    self.reject(peer, describe_inbound(&error), false);
+                    self.reject(peer, describe_inbound(&error), false, false);
                 }
             }
             request_response::Event::ResponseSent { peer, .. } => {
@@ -609,7 +620,7 @@ impl Behaviour {
                     hello_sent: false,
                 };
             }
-            self.reject(peer, "no membership hello in time".into(), false);
+            self.reject(peer, "no membership hello in time".into(), false, false);
         }
     }
 

@@ -410,9 +410,17 @@ impl Runtime {
     fn on_membership_event(&mut self, event: membership::Event) {
         match event {
             membership::Event::Verified { peer, meshes } => self.on_verified(peer, meshes),
-            membership::Event::Rejected { peer, reason } => {
-                tracing::info!(%peer, %reason, "peer refused");
-                self.remember_rejected(peer);
+            membership::Event::Rejected {
+                peer,
+                reason,
+                refused,
+            } => {
+                tracing::info!(%peer, %reason, refused, "peer rejected");
+                // Only a real refusal earns the cooldown; a failed exchange
+                // (timeout under load, I/O) is retried on the next hint or tick.
+                if refused {
+                    self.remember_rejected(peer);
+                }
             }
             membership::Event::JoinRequested {
                 peer,
