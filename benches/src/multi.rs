@@ -210,10 +210,17 @@ pub async fn scale(count: usize) -> Result<Vec<Row>> {
     mesh.wait_complete(Duration::from_secs(300)).await?;
     let complete = start.elapsed();
     let rss_per_node = rss_bytes().saturating_sub(rss_before) as f64 / count as f64;
-    let idle = Duration::from_secs(10);
-    let (cpu0, bytes0) = (cpu_seconds(), mesh.bytes_sent().await?);
-    tokio::time::sleep(idle).await;
-    let (cpu1, bytes1) = (cpu_seconds(), mesh.bytes_sent().await?);
+    // The window is measured, not assumed: reading 200 nodes' counters takes
+    // a while on a busy machine.
+    // CPU is read right around the sleep; the byte counters' window runs from
+    // the start of the first read to the end of the second.
+    let bytes_window = Instant::now();
+    let bytes0 = mesh.bytes_sent().await?;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu1, cpu_window) = (cpu_seconds(), t0.elapsed());
+    let bytes1 = mesh.bytes_sent().await?;
+    let idle = bytes_window.elapsed();
     mesh.shutdown().await;
     let case = format!("{count} nodes");
     let per_node = |v: f64| v / count as f64;
@@ -236,7 +243,7 @@ pub async fn scale(count: usize) -> Result<Vec<Row>> {
             "scale",
             case.clone(),
             "% core idle/node",
-            per_node((cpu1 - cpu0) / idle.as_secs_f64() * 100.0),
+            per_node((cpu1 - cpu0) / cpu_window.as_secs_f64() * 100.0),
             false,
         ),
         row(
