@@ -11,5 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod heartbeat;
 pub mod membership;
 pub mod pattern;
+pub mod train;
