@@ -10,8 +10,20 @@ use std::{
     time::Duration,
 };
 
+use atmosphere_behaviours::train::{PathClass, Policy};
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
+
+/// What kind of device a node runs on; it chooses the path policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceProfile {
+    /// Plugged in: LAN > direct > BLE > relayed.
+    #[default]
+    MainsPowered,
+    /// On a battery: BLE first, then LAN, direct, relayed.
+    LowPower,
+}
 
 /// Default TCP and UDP port of the mesh.
 pub const DEFAULT_PORT: u16 = 11451;
@@ -69,16 +81,59 @@ pub struct Config {
     /// Messages buffered per subscription before new ones are dropped
     /// (at-most-once delivery). Default 1024.
     pub subscription_buffer: usize,
-    /// Frames queued per peer link before senders wait. Default 4096.
-    pub link_queue: usize,
+    /// Unacknowledged frames held per peer (the outbox) before senders wait,
+    /// or, while the peer is unreachable, before new frames are refused.
+    /// Default 8192.
+    pub outbox_frames: usize,
+    /// Unacknowledged payload bytes held per peer. Default 32 MiB.
+    pub outbox_bytes: usize,
+    /// Seconds an unreachable member's outbox is kept before its frames are
+    /// dropped and its pending calls fail. Default 120.
+    pub outbox_linger_secs: u64,
+    /// Lower bound of the acknowledgement timeout, in ms: a path is given up
+    /// when an app frame stays unacknowledged for max(4 × SRTT, this).
+    /// Default 250.
+    pub ack_timeout_floor_ms: u64,
+    /// Device profile choosing the path policy: `mains-powered` (LAN >
+    /// direct > BLE > relayed, the default) or `low-power` (BLE first).
+    pub device_profile: DeviceProfile,
+    /// Explicit path order overriding the profile's, e.g. `["lan", "ble",
+    /// "direct", "relayed"]`. Default: none.
+    pub path_order: Option<Vec<String>>,
+    /// Heartbeat interval on an idle LAN path, in seconds. Default 15.
+    pub heartbeat_lan_secs: u64,
+    /// Heartbeat interval on a direct path over the internet, seconds. Default 15.
+    pub heartbeat_direct_secs: u64,
+    /// Heartbeat interval on a BLE path, seconds. Default 30.
+    pub heartbeat_ble_secs: u64,
+    /// Heartbeat interval on a relayed path, seconds. Default 60.
+    pub heartbeat_relay_secs: u64,
+    /// Heartbeat interval on each peer's active path, in ms, so that an idle
+    /// peer's loss is seen within `heartbeat_max_missed` of these. Default 750 (3 missed: under 3 s).
+    pub heartbeat_active_ms: u64,
+    /// Heartbeats missed in a row before a path is declared dead. Default 3.
+    pub heartbeat_max_missed: u32,
+    /// Seconds between probes of a LAN address that could become a better
+    /// path or the standby. Default 10 (×6 while the member has both an
+    /// active path and a standby; ×2 per failed probe, up to ×4).
+    pub probe_lan_secs: u64,
+    /// Seconds between probes of a public (direct) address. Default 10.
+    pub probe_direct_secs: u64,
+    /// Seconds between probes of a BLE address. Default 5.
+    pub probe_ble_secs: u64,
+    /// Seconds between probes of a relayed address. Default 30.
+    pub probe_relay_secs: u64,
     /// RPC calls awaiting an answer, at most. Default 10,000.
     pub max_pending_calls: usize,
     /// RPC handlers running at once for remote callers, at most. Default 1024.
     pub max_concurrent_handlers: usize,
     /// Seconds between network-state announcements. Default 30.
     pub state_interval_secs: u64,
-    /// Seconds between attempts to reach known but disconnected members. Default 10.
-    pub reconnect_interval_secs: u64,
+    /// First reconnection delay after a member's last path is gone, seconds;
+    /// it doubles per failed attempt up to `reconnect_max_secs`. Default 1.
+    pub reconnect_min_secs: u64,
+    /// Longest reconnection delay, seconds. Default 60.
+    pub reconnect_max_secs: u64,
     /// Seconds a connection with no protocol keeping it alive stays open. Default 60.
     pub idle_timeout_secs: u64,
 }
@@ -117,11 +172,27 @@ impl Default for Config {
             bootstrap: Vec::new(),
             max_payload: 4 * 1024 * 1024,
             subscription_buffer: 1024,
-            link_queue: 4096,
+            outbox_frames: 8192,
+            outbox_bytes: 32 * 1024 * 1024,
+            outbox_linger_secs: 120,
+            ack_timeout_floor_ms: 250,
+            device_profile: DeviceProfile::MainsPowered,
+            path_order: None,
+            heartbeat_lan_secs: 15,
+            heartbeat_direct_secs: 15,
+            heartbeat_ble_secs: 30,
+            heartbeat_relay_secs: 60,
+            heartbeat_active_ms: 750,
+            heartbeat_max_missed: 3,
+            probe_lan_secs: 10,
+            probe_direct_secs: 10,
+            probe_ble_secs: 5,
+            probe_relay_secs: 30,
             max_pending_calls: 10_000,
             max_concurrent_handlers: 1024,
             state_interval_secs: 30,
-            reconnect_interval_secs: 10,
+            reconnect_min_secs: 1,
+            reconnect_max_secs: 60,
             idle_timeout_secs: 60,
         }
     }
@@ -207,7 +278,19 @@ impl Config {
         let positive = [
             ("max_payload", self.max_payload),
             ("subscription_buffer", self.subscription_buffer),
-            ("link_queue", self.link_queue),
+            ("outbox_frames", self.outbox_frames),
+            ("outbox_bytes", self.outbox_bytes),
+            ("heartbeat_lan_secs", self.heartbeat_lan_secs as usize),
+            ("heartbeat_direct_secs", self.heartbeat_direct_secs as usize),
+            ("heartbeat_ble_secs", self.heartbeat_ble_secs as usize),
+            ("heartbeat_relay_secs", self.heartbeat_relay_secs as usize),
+            ("heartbeat_active_ms", self.heartbeat_active_ms as usize),
+            ("heartbeat_max_missed", self.heartbeat_max_missed as usize),
+            ("probe_lan_secs", self.probe_lan_secs as usize),
+            ("probe_direct_secs", self.probe_direct_secs as usize),
+            ("probe_ble_secs", self.probe_ble_secs as usize),
+            ("probe_relay_secs", self.probe_relay_secs as usize),
+            ("ack_timeout_floor_ms", self.ack_timeout_floor_ms as usize),
             ("max_pending_calls", self.max_pending_calls),
             ("max_concurrent_handlers", self.max_concurrent_handlers),
         ];
@@ -219,12 +302,48 @@ impl Config {
                 "max_payload must be at most 64 MiB".into(),
             ));
         }
-        if self.state_interval_secs == 0 || self.reconnect_interval_secs == 0 {
+        if self.state_interval_secs == 0 || self.reconnect_min_secs == 0 {
             return Err(ConfigError::Invalid(
-                "state_interval_secs and reconnect_interval_secs must be at least 1".into(),
+                "state_interval_secs and reconnect_min_secs must be at least 1".into(),
             ));
         }
+        if self.reconnect_max_secs < self.reconnect_min_secs {
+            return Err(ConfigError::Invalid(
+                "reconnect_max_secs must be at least reconnect_min_secs".into(),
+            ));
+        }
+        self.path_order()?;
         Ok(())
+    }
+
+    /// The path preference order: `path_order` if set, else the profile's.
+    pub fn path_order(&self) -> Result<Vec<PathClass>, ConfigError> {
+        match &self.path_order {
+            None => Ok(match self.device_profile {
+                DeviceProfile::MainsPowered => Policy::MainsPowered.order(),
+                DeviceProfile::LowPower => Policy::LowPower.order(),
+            }),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    n.parse::<PathClass>().map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "path_order: `{n}` is not one of ble, lan, direct, relayed"
+                        ))
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The heartbeat interval of an idle (non-active) path of `class`.
+    pub fn heartbeat_interval(&self, class: PathClass) -> Duration {
+        Duration::from_secs(match class {
+            PathClass::Ble => self.heartbeat_ble_secs,
+            PathClass::LanDirect => self.heartbeat_lan_secs,
+            PathClass::Direct => self.heartbeat_direct_secs,
+            PathClass::Relayed => self.heartbeat_relay_secs,
+        })
     }
 
     /// The state announcement interval.

@@ -50,10 +50,17 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Encodes a hot frame; `false` (nothing written) for other frames.
 pub(crate) fn encode(frame: &Frame, out: &mut Vec<u8>) -> bool {
     match frame {
-        Frame::Publish { topic, payload, ts } => {
+        Frame::Publish {
+            seq,
+            topic,
+            payload,
+            ts,
+        } => {
             head(out, MAP, 1);
             text(out, "Publish");
-            head(out, MAP, 3);
+            head(out, MAP, 4);
+            text(out, "seq");
+            head(out, UINT, *seq);
             text(out, "topic");
             text(out, topic);
             text(out, "payload");
@@ -61,10 +68,12 @@ pub(crate) fn encode(frame: &Frame, out: &mut Vec<u8>) -> bool {
             text(out, "ts");
             head(out, UINT, *ts);
         }
-        Frame::Request { id, uri, args } => {
+        Frame::Request { seq, id, uri, args } => {
             head(out, MAP, 1);
             text(out, "Request");
-            head(out, MAP, 3);
+            head(out, MAP, 4);
+            text(out, "seq");
+            head(out, UINT, *seq);
             text(out, "id");
             head(out, UINT, *id);
             text(out, "uri");
@@ -73,12 +82,15 @@ pub(crate) fn encode(frame: &Frame, out: &mut Vec<u8>) -> bool {
             bytes(out, args);
         }
         Frame::Response {
+            seq,
             id,
             result: CallResult::Ok(value),
         } => {
             head(out, MAP, 1);
             text(out, "Response");
-            head(out, MAP, 2);
+            head(out, MAP, 3);
+            text(out, "seq");
+            head(out, UINT, *seq);
             text(out, "id");
             head(out, UINT, *id);
             text(out, "result");
@@ -148,27 +160,38 @@ pub(crate) fn decode(buf: &[u8]) -> Option<Frame> {
     c.map(1)?;
     let frame = match c.text()? {
         "Publish" => {
-            c.map(3)?;
+            c.map(4)?;
+            c.key("seq")?;
+            let seq = c.head(UINT)?;
             c.key("topic")?;
             let topic = c.text()?.to_owned();
             c.key("payload")?;
             let payload = c.bytes()?;
             c.key("ts")?;
             let ts = c.head(UINT)?;
-            Frame::Publish { topic, payload, ts }
+            Frame::Publish {
+                seq,
+                topic,
+                payload,
+                ts,
+            }
         }
         "Request" => {
-            c.map(3)?;
+            c.map(4)?;
+            c.key("seq")?;
+            let seq = c.head(UINT)?;
             c.key("id")?;
             let id = c.head(UINT)?;
             c.key("uri")?;
             let uri = c.text()?.to_owned();
             c.key("args")?;
             let args = c.bytes()?;
-            Frame::Request { id, uri, args }
+            Frame::Request { seq, id, uri, args }
         }
         "Response" => {
-            c.map(2)?;
+            c.map(3)?;
+            c.key("seq")?;
+            let seq = c.head(UINT)?;
             c.key("id")?;
             let id = c.head(UINT)?;
             c.key("result")?;
@@ -176,6 +199,7 @@ pub(crate) fn decode(buf: &[u8]) -> Option<Frame> {
             c.key("Ok")?;
             let value = c.bytes()?;
             Frame::Response {
+                seq,
                 id,
                 result: CallResult::Ok(value),
             }
@@ -206,16 +230,19 @@ mod tests {
                 u64::MAX,
             ] {
                 frames.push(Frame::Publish {
+                    seq: n,
                     topic: format!("a.{name}"),
                     payload: payload.clone(),
                     ts: n,
                 });
                 frames.push(Frame::Request {
+                    seq: n / 2,
                     id: n,
                     uri: "node.echo".into(),
                     args: payload.clone(),
                 });
                 frames.push(Frame::Response {
+                    seq: n,
                     id: n,
                     result: CallResult::Ok(payload.clone()),
                 });
@@ -247,6 +274,7 @@ mod tests {
     #[test]
     fn other_or_malformed_input_is_left_to_the_fallback() {
         let other = Frame::Response {
+            seq: 1,
             id: 1,
             result: CallResult::Denied("no".into()),
         };
@@ -257,6 +285,7 @@ mod tests {
         let mut publish = Vec::new();
         encode(
             &Frame::Publish {
+                seq: 1,
                 topic: "a".into(),
                 payload: Bytes::from_static(b"xyz"),
                 ts: 1,

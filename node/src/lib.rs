@@ -26,6 +26,7 @@ mod link;
 mod node;
 pub mod pubsub;
 pub mod rpc;
+mod session;
 mod shared;
 pub mod store;
 mod swarm;
@@ -33,13 +34,15 @@ pub mod types;
 pub mod wire;
 
 pub use atmosphere_behaviours as behaviours;
-pub use config::{default_data_dir, listen_on_port, Config, ConfigError, DEFAULT_PORT};
+pub use config::{
+    default_data_dir, listen_on_port, Config, ConfigError, DeviceProfile, DEFAULT_PORT,
+};
 pub use error::{Error, RpcError};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{Node, NodeBuilder, STORE_FILE};
 pub use pubsub::Subscription;
 pub use rpc::{Handler, HandlerError};
 pub use types::{
-    CallOptions, Invite, InviteOptions, MeshId, MeshInfo, Message, PeerInfo, Permissions, Request,
-    Role, Status, Traffic, VERSION,
+    CallOptions, Invite, InviteOptions, MemberStatus, MeshId, MeshInfo, Message, PathStatus,
+    PathSwitch, PeerEvent, PeerInfo, Permissions, Request, Role, Status, Traffic, VERSION,
 };

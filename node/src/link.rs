@@ -1,23 +1,26 @@
 //! Peer links: the tasks that write and read frames on channel streams.
 //!
-//! Each verified peer gets one outbound channel stream (ours to write) and
-//! one inbound stream (theirs, which we read). The writer drains its bounded
-//! queue in batches of up to [`BATCH_BYTES`], writes a batch with one
-//! `write_all` and flushes once, so many small messages share a multiplexer
-//! frame. The reader decodes frames and dispatches them without going through
-//! the swarm task, except for state records.
+//! Each verified peer has one outbound channel stream (ours to write, on the
+//! path the connection train chose) and one or more inbound streams (theirs,
+//! which we read; during a path switch the old and the new one overlap). The
+//! writer takes frames from the peer's [`Session`] outbox in batches of up to
+//! [`BATCH_BYTES`], writes a batch with one `write_all` and flushes once, so
+//! many small messages share a multiplexer frame. The reader decodes frames,
+//! lets the session drop duplicates, and dispatches them without going
+//! through the swarm task, except for state records and path moves.
 
 use std::sync::{atomic::Ordering, Arc};
 
 use futures::{io::BufReader, AsyncWriteExt};
 use libp2p::{swarm::ConnectionId, PeerId, Stream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use atmosphere_behaviours::{channel::protocol, pattern::validate_topic};
 
 use crate::{
     rpc,
-    shared::{read, Shared},
+    session::{Batch, Session},
+    shared::{read, write, Shared},
     swarm::Command,
     types::Message,
     wire::{self, Frame},
@@ -44,72 +47,119 @@ fn push_frame(buf: &mut Vec<u8>, frame: &Frame, max: usize) -> bool {
     }
 }
 
-/// Writes frames from `rx` to `stream` until the queue closes or the stream fails,
-/// then tells the swarm task.
+/// Writes `session`'s frames on `stream` (the path on `connection`) until a
+/// newer path takes over, the session ends or the stream fails; on failure
+/// the session is detached from this path and the swarm task is told.
 pub(crate) async fn run_writer(
-    peer: PeerId,
+    session: Arc<Session>,
+    generation: u64,
+    wake: Arc<Notify>,
     connection: ConnectionId,
     mut stream: Stream,
-    mut rx: mpsc::Receiver<Frame>,
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
 ) {
+    let peer = session.peer();
     let max_frame = shared.limits.max_frame();
     let traffic = &shared.traffic;
     let mut buf = Vec::with_capacity(BATCH_BYTES);
-    let result: std::io::Result<()> = async {
-        while let Some(first) = rx.recv().await {
+    let result: std::io::Result<bool> = async {
+        loop {
             buf.clear();
-            let mut frames = 0u64;
-            let mut next = Some(first);
-            while let Some(frame) = next.take() {
-                if push_frame(&mut buf, &frame, max_frame) {
-                    frames += 1;
-                } else {
-                    tracing::warn!(%peer, "frame over the size limit not sent");
-                }
-                if buf.len() < BATCH_BYTES {
-                    next = rx.try_recv().ok();
+            match session.next_batch(generation, &mut buf, BATCH_BYTES, |buf, frame| {
+                push_frame(buf, frame, max_frame)
+            }) {
+                Batch::Superseded => return Ok(true),
+                Batch::Idle => wake.notified().await,
+                Batch::Ready { frames } => {
+                    traffic.frames_sent.fetch_add(frames, Ordering::Relaxed);
+                    traffic
+                        .bytes_sent
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    shared.count_path_sent(connection, buf.len());
+                    stream.write_all(&buf).await?;
+                    stream.flush().await?;
                 }
             }
-            traffic.frames_sent.fetch_add(frames, Ordering::Relaxed);
-            traffic
-                .bytes_sent
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            stream.write_all(&buf).await?;
-            stream.flush().await?;
         }
-        stream.close().await
     }
     .await;
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "link writer stopped");
+    match result {
+        Ok(_) => {
+            // Superseded: close our half so the peer's reader ends cleanly.
+            let _ = stream.close().await;
+        }
+        Err(error) => {
+            tracing::debug!(%peer, %error, "link writer stopped");
+            session.detach(generation);
+            let _ = commands
+                .send(Command::LinkClosed { peer, connection })
+                .await;
+        }
     }
-    let _ = commands
-        .send(Command::LinkClosed { peer, connection })
-        .await;
 }
 
-/// Reads frames from `peer`'s stream and dispatches them.
+/// Reads frames from `peer`'s stream on `connection` and dispatches them.
 pub(crate) async fn run_reader(
-    peer: PeerId,
+    session: Arc<Session>,
+    connection: ConnectionId,
     stream: Stream,
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
 ) {
+    let peer = session.peer();
     let max_frame = shared.limits.max_frame();
     let mut reader = BufReader::with_capacity(BATCH_BYTES, stream);
     let mut buf = Vec::new();
+    // The peer's session this link belongs to (from its `Open` frame).
+    let mut link_session: Option<u64> = None;
     loop {
         match next_frame(&mut reader, &mut buf, max_frame).await {
             Ok(Some(frame)) => {
                 let traffic = &shared.traffic;
+                let len = buf.len() + protocol::FRAME_HEADER_LEN;
                 traffic.frames_received.fetch_add(1, Ordering::Relaxed);
-                traffic.bytes_received.fetch_add(
-                    (buf.len() + protocol::FRAME_HEADER_LEN) as u64,
-                    Ordering::Relaxed,
-                );
-                dispatch(peer, frame, &shared, &commands).await
+                traffic
+                    .bytes_received
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                shared.count_path_received(connection, len);
+                match frame {
+                    Frame::Open {
+                        session: id,
+                        first_seq,
+                    } => {
+                        if session.on_open(id, first_seq) {
+                            // A new session (the peer restarted): its state
+                            // record numbers start over.
+                            if let Some(remote) = write(&shared.remotes).get_mut(&peer) {
+                                remote.state_seq = 0;
+                            }
+                        }
+                        link_session = Some(id);
+                        let _ = commands.send(Command::PeerMoved { peer, connection }).await;
+                    }
+                    Frame::Ack { session: id, upto } => session.on_ack(id, upto),
+                    Frame::State(state) => {
+                        let _ = commands
+                            .send(Command::RemoteState {
+                                peer,
+                                state: state.bounded(),
+                            })
+                            .await;
+                    }
+                    frame => {
+                        let (Some(link_session), Some(seq)) = (link_session, frame.seq()) else {
+                            let reason = "sequenced frame before the link's Open".to_owned();
+                            let _ = commands.send(Command::Misbehaved { peer, reason }).await;
+                            break;
+                        };
+                        if session.accept(link_session, seq, || {
+                            dispatch(peer, frame, &shared, &session)
+                        }) {
+                            session.request_ack();
+                        }
+                    }
+                }
             }
             Ok(None) => break,
             Err(reason) => {
@@ -138,14 +188,13 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(
     }
 }
 
-async fn dispatch(
-    peer: PeerId,
-    frame: Frame,
-    shared: &Arc<Shared>,
-    commands: &mpsc::Sender<Command>,
-) {
+/// Hands a new sequenced frame to the app (synchronous: called in order
+/// under the session's delivery lock).
+fn dispatch(peer: PeerId, frame: Frame, shared: &Arc<Shared>, session: &Arc<Session>) {
     match frame {
-        Frame::Publish { topic, payload, ts } => {
+        Frame::Publish {
+            topic, payload, ts, ..
+        } => {
             let allowed = validate_topic(&topic).is_ok()
                 && read(&shared.remotes)
                     .get(&peer)
@@ -161,21 +210,11 @@ async fn dispatch(
                 timestamp_ms: ts,
             });
         }
-        Frame::Request { id, uri, args } => {
-            let Some(reply) = shared.link(&peer) else {
-                return;
-            };
-            rpc::serve(shared, peer, id, uri, args, reply);
+        Frame::Request { id, uri, args, .. } => {
+            rpc::serve(shared, peer, id, uri, args, session.clone());
         }
-        Frame::Response { id, result } => rpc::complete(shared, peer, id, result),
-        Frame::State(state) => {
-            let _ = commands
-                .send(Command::RemoteState {
-                    peer,
-                    state: state.bounded(),
-                })
-                .await;
-        }
+        Frame::Response { id, result, .. } => rpc::complete(shared, peer, id, result),
+        Frame::State(_) | Frame::Open { .. } | Frame::Ack { .. } => {}
     }
 }
 
@@ -191,6 +230,7 @@ mod tests {
             assert!(push_frame(
                 &mut buf,
                 &Frame::Publish {
+                    seq: i,
                     topic: "t".into(),
                     payload: Bytes::from(vec![i as u8; 10]),
                     ts: i
@@ -201,6 +241,7 @@ mod tests {
         assert!(!push_frame(
             &mut buf,
             &Frame::Publish {
+                seq: 9,
                 topic: "t".into(),
                 payload: Bytes::from(vec![0; 2000]),
                 ts: 9

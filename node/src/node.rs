@@ -14,6 +14,7 @@ use crate::{
     invite::InviteUri,
     pubsub::{self, Subscription},
     rpc::{self, Handler, HandlerError},
+    session::OutboxLimits,
     shared::{write, Limits, Shared},
     store::Store,
     swarm::{Command, MeshBehaviour, Runtime},
@@ -65,11 +66,18 @@ impl NodeBuilder {
         let limits = Limits {
             max_payload: config.max_payload,
             subscription_buffer: config.subscription_buffer,
-            link_queue: config.link_queue,
             max_pending_calls: config.max_pending_calls,
         };
-        let shared = Arc::new(Shared::new(peer_id, limits, config.max_concurrent_handlers));
-        let mdns = config.mdns;
+        let outbox = OutboxLimits {
+            frames: config.outbox_frames,
+            bytes: config.outbox_bytes,
+        };
+        let shared = Arc::new(Shared::new(
+            peer_id,
+            limits,
+            config.max_concurrent_handlers,
+            outbox,
+        ));
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
             .with_tokio()
             .with_tcp(
@@ -79,7 +87,7 @@ impl NodeBuilder {
             )
             .map_err(|e| Error::Transport(format!("TCP: {e}")))?
             .with_quic()
-            .with_behaviour(|key| MeshBehaviour::new(key, mdns).map_err(Box::from))
+            .with_behaviour(|key| MeshBehaviour::new(key, &config).map_err(Box::from))
             .map_err(|e| Error::Transport(e.to_string()))?
             .with_swarm_config(|c| {
                 c.with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs))
@@ -308,6 +316,13 @@ impl Node {
     /// Members known and peers connected.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.ask(|reply| Command::Peers { reply }).await?
+    }
+
+    /// Changes in members' reachability (path switches, online/offline) from
+    /// now on. A receiver that falls more than 256 events behind gets
+    /// `RecvError::Lagged` with the number it missed, then continues.
+    pub fn peer_events(&self) -> tokio::sync::broadcast::Receiver<crate::types::PeerEvent> {
+        self.inner.shared.peer_events.subscribe()
     }
 
     /// Our own state.

@@ -1,11 +1,14 @@
 //! Pub/sub: subscriptions and publishing.
 //!
-//! Delivery guarantee: **at most once**. A message reaches every subscriber
-//! whose subscription the publisher knows at publish time and that is
-//! connected; it is not retried, and a subscriber whose buffer
-//! (`Config::subscription_buffer`) is full loses it (counted in
-//! [`Subscription::dropped`]). Messages from one publisher arrive in publish
-//! order. The connection-train work extends this to survive path switches.
+//! Delivery guarantee: a message goes to every member whose subscription the
+//! publisher knows at publish time, through that member's session: it is
+//! acknowledged, replayed on a new path after a switch, held in the bounded
+//! outbox while the member is briefly unreachable, and de-duplicated by the
+//! receiver — exactly once to the app, in publish order per publisher. It is
+//! lost only when the member stays unreachable past `Config::outbox_linger`,
+//! when the outbox of an unreachable member is full, or when the subscriber's
+//! own buffer (`Config::subscription_buffer`) is full (counted in
+//! [`Subscription::dropped`]).
 
 use std::{
     pin::Pin,
@@ -151,16 +154,20 @@ pub(crate) async fn publish(shared: &Shared, topic: &str, payload: Bytes) -> Res
         sender: shared.local_peer,
         timestamp_ms: ts,
     });
-    let links = shared.subscriber_links(topic);
+    let sessions = shared.subscriber_sessions(topic);
     let mut sent = 0;
-    for link in links {
+    for session in sessions {
         let frame = Frame::Publish {
+            seq: 0,
             topic: topic.to_owned(),
             payload: payload.clone(),
             ts,
         };
-        if link.send(frame).await.is_ok() {
-            sent += 1;
+        match session.send(frame).await {
+            Ok(()) => sent += 1,
+            Err(error) => {
+                tracing::debug!(peer = %session.peer(), %error, "message not queued for a subscriber")
+            }
         }
     }
     Ok(sent)

@@ -2,8 +2,10 @@
 //!
 //! A call goes to a local handler when one is registered (and no other peer
 //! was asked for), else to a connected peer that announced the URI (the one
-//! with the lowest measured round-trip time), as one [`Frame::Request`] on
-//! the link; the answer comes back as a [`Frame::Response`] with the same id.
+//! with the lowest measured round-trip time), as one [`Frame::Request`] in
+//! the provider's session; the answer comes back as a [`Frame::Response`]
+//! with the same id. Both travel through the sessions, so a call survives a
+//! path switch, and the provider runs each request exactly once.
 
 use std::{
     future::Future,
@@ -13,12 +15,13 @@ use std::{
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use atmosphere_behaviours::pattern::validate_topic;
 
 use crate::{
     error::RpcError,
+    session::Session,
     shared::{lock, read, PendingCall, Shared},
     types::{CallOptions, Request},
     wire::{CallResult, Frame},
@@ -109,7 +112,7 @@ pub(crate) async fn call(
             None => {}
         }
     }
-    let (peer, link) = match shared.provider(uri, options.peer) {
+    let (peer, session) = match shared.provider(uri, options.peer) {
         Some(found) => found,
         None if options.peer.is_some() => {
             return Err(RpcError::Transport(format!(
@@ -132,14 +135,16 @@ pub(crate) async fn call(
         pending.insert(id, PendingCall { peer, tx });
     }
     let frame = Frame::Request {
+        seq: 0,
         id,
         uri: uri.to_owned(),
         args,
     };
     let outcome = tokio::time::timeout(options.timeout, async {
-        link.send(frame)
+        session
+            .send(frame)
             .await
-            .map_err(|_| RpcError::Transport("the link to the provider closed".into()))?;
+            .map_err(|e| RpcError::Transport(e.to_string()))?;
         match rx.await {
             Ok(Ok(result)) => from_wire(uri, result),
             Ok(Err(reason)) => Err(RpcError::Transport(reason)),
@@ -160,7 +165,7 @@ pub(crate) fn serve(
     id: u64,
     uri: String,
     args: Bytes,
-    reply: mpsc::Sender<Frame>,
+    reply: Arc<Session>,
 ) {
     let allowed = read(&shared.remotes)
         .get(&caller)
@@ -168,7 +173,7 @@ pub(crate) fn serve(
     let respond = |result: CallResult| {
         let reply = reply.clone();
         tokio::spawn(async move {
-            let _ = reply.send(Frame::Response { id, result }).await;
+            let _ = reply.send(Frame::Response { seq: 0, id, result }).await;
         });
     };
     if !allowed {
@@ -188,7 +193,7 @@ pub(crate) fn serve(
     tokio::spawn(async move {
         let result = to_wire(handler.call(Request { uri, args, caller }).await);
         drop(permit);
-        let _ = reply.send(Frame::Response { id, result }).await;
+        let _ = reply.send(Frame::Response { seq: 0, id, result }).await;
     });
 }
 

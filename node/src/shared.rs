@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use atmosphere_behaviours::{
@@ -16,12 +16,13 @@ use atmosphere_behaviours::{
     pattern::{split_topic, Pattern, MAX_SEGMENTS},
 };
 use libp2p::{swarm::ConnectionId, PeerId};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 use crate::{
     rpc::Handler,
-    types::Message,
-    wire::{CallResult, Frame, NetworkState},
+    session::{OutboxLimits, Session},
+    types::{Message, PeerEvent},
+    wire::{CallResult, NetworkState},
 };
 
 /// Read-locks, recovering from poisoning (a panicked holder cannot leave
@@ -45,7 +46,6 @@ pub(crate) fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Limits {
     pub max_payload: usize,
     pub subscription_buffer: usize,
-    pub link_queue: usize,
     pub max_pending_calls: usize,
 }
 
@@ -64,33 +64,34 @@ pub(crate) struct LocalSub {
     pub dropped: Arc<AtomicU64>,
 }
 
-/// The sending side of a peer link.
-#[derive(Clone)]
-pub(crate) struct LinkTx {
-    pub tx: mpsc::Sender<Frame>,
-    pub connection: ConnectionId,
-}
-
-/// What we know about a verified, connected peer.
+/// What we know about a verified member we are or were recently connected
+/// to. A disconnected member stays for `Config::outbox_linger` so that frames
+/// for it wait in its session's outbox.
 pub(crate) struct Remote {
     pub acl: Acl,
     pub name: Option<String>,
     pub subscriptions: Vec<Pattern>,
     pub registrations: HashSet<String>,
     pub state_seq: u64,
-    pub link: Option<LinkTx>,
+    pub session: Arc<Session>,
+    /// Whether at least one connection to it is open.
+    pub connected: bool,
+    /// Since when it has had no connection.
+    pub disconnected_at: Option<Instant>,
     pub rtt: Option<Duration>,
 }
 
 impl Remote {
-    pub fn new(acl: Acl) -> Self {
+    pub fn new(acl: Acl, session: Arc<Session>) -> Self {
         Self {
             acl,
             name: None,
             subscriptions: Vec::new(),
             registrations: HashSet::new(),
             state_seq: 0,
-            link: None,
+            session,
+            connected: true,
+            disconnected_at: None,
             rtt: None,
         }
     }
@@ -134,7 +135,18 @@ pub(crate) struct Shared {
     pub own_acl: RwLock<Acl>,
     /// App-channel traffic counters.
     pub traffic: TrafficCounters,
+    /// App-channel bytes per connection (sent, received); entries are removed
+    /// when the connection closes.
+    pub path_traffic: Mutex<HashMap<ConnectionId, (u64, u64)>>,
+    /// Outbox bounds for new sessions.
+    pub outbox: OutboxLimits,
+    /// Member status changes, for watchers (a bounded broadcast: a slow
+    /// watcher misses events and is told how many).
+    pub peer_events: broadcast::Sender<PeerEvent>,
 }
+
+/// Member status events buffered per watcher.
+pub(crate) const PEER_EVENT_BUFFER: usize = 256;
 
 /// Frames and bytes on app channels (frame bytes, before noise and the
 /// multiplexer add their own framing).
@@ -158,7 +170,12 @@ impl TrafficCounters {
 }
 
 impl Shared {
-    pub fn new(local_peer: PeerId, limits: Limits, max_handlers: usize) -> Self {
+    pub fn new(
+        local_peer: PeerId,
+        limits: Limits,
+        max_handlers: usize,
+        outbox: OutboxLimits,
+    ) -> Self {
         Self {
             local_peer,
             limits,
@@ -171,7 +188,28 @@ impl Shared {
             handler_slots: Arc::new(Semaphore::new(max_handlers)),
             own_acl: RwLock::new(Acl::default()),
             traffic: TrafficCounters::default(),
+            path_traffic: Mutex::new(HashMap::new()),
+            outbox,
+            peer_events: broadcast::channel(PEER_EVENT_BUFFER).0,
         }
+    }
+
+    /// Counts app bytes written on `connection`.
+    pub fn count_path_sent(&self, connection: ConnectionId, bytes: usize) {
+        lock(&self.path_traffic).entry(connection).or_default().0 += bytes as u64;
+    }
+
+    /// Counts app bytes read on `connection`.
+    pub fn count_path_received(&self, connection: ConnectionId, bytes: usize) {
+        lock(&self.path_traffic).entry(connection).or_default().1 += bytes as u64;
+    }
+
+    /// App bytes (sent, received) on `connection`.
+    pub fn path_bytes(&self, connection: ConnectionId) -> (u64, u64) {
+        lock(&self.path_traffic)
+            .get(&connection)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Hands `message` to every matching local subscription. A full
@@ -197,8 +235,9 @@ impl Shared {
         delivered
     }
 
-    /// Links of connected peers subscribed to `topic` and allowed to receive it.
-    pub fn subscriber_links(&self, topic: &str) -> Vec<mpsc::Sender<Frame>> {
+    /// Sessions of members subscribed to `topic` and allowed to receive it
+    /// (including members briefly disconnected: their outbox holds the frame).
+    pub fn subscriber_sessions(&self, topic: &str) -> Vec<Arc<Session>> {
         let mut segments = [""; MAX_SEGMENTS];
         let Some(n) = split_topic(topic, &mut segments) else {
             return Vec::new();
@@ -210,42 +249,34 @@ impl Shared {
                 r.subscriptions.iter().any(|p| p.matches_segments(segments))
                     && r.acl.may_subscribe(topic)
             })
-            .filter_map(|r| r.link.as_ref().map(|l| l.tx.clone()))
+            .map(|r| r.session.clone())
             .collect()
     }
 
-    /// The link of `peer`, if it is connected and verified.
-    pub fn link(&self, peer: &PeerId) -> Option<mpsc::Sender<Frame>> {
-        read(&self.remotes)
-            .get(peer)
-            .and_then(|r| r.link.as_ref().map(|l| l.tx.clone()))
+    /// The session of member `peer`, if known.
+    pub fn session(&self, peer: &PeerId) -> Option<Arc<Session>> {
+        read(&self.remotes).get(peer).map(|r| r.session.clone())
     }
 
-    /// A connected provider of `uri`: `wanted` if given, else the one with
-    /// the lowest measured RTT.
-    pub fn provider(
-        &self,
-        uri: &str,
-        wanted: Option<PeerId>,
-    ) -> Option<(PeerId, mpsc::Sender<Frame>)> {
+    /// A provider of `uri`: `wanted` if given (connected or in its outbox
+    /// linger), else the connected provider with the lowest measured RTT.
+    pub fn provider(&self, uri: &str, wanted: Option<PeerId>) -> Option<(PeerId, Arc<Session>)> {
         let remotes = read(&self.remotes);
         if let Some(peer) = wanted {
-            return remotes
-                .get(&peer)
-                .and_then(|r| r.link.as_ref())
-                .map(|l| (peer, l.tx.clone()));
+            return remotes.get(&peer).map(|r| (peer, r.session.clone()));
         }
         remotes
             .iter()
-            .filter(|(_, r)| r.registrations.contains(uri))
-            .filter_map(|(p, r)| r.link.as_ref().map(|l| (*p, l.tx.clone(), r.rtt)))
-            .min_by_key(|(_, _, rtt)| rtt.unwrap_or(Duration::MAX))
-            .map(|(p, tx, _)| (p, tx))
+            .filter(|(_, r)| r.connected && r.registrations.contains(uri))
+            .min_by_key(|(_, r)| r.rtt.unwrap_or(Duration::MAX))
+            .map(|(p, r)| (*p, r.session.clone()))
     }
 
-    /// Forgets a disconnected peer and fails its outstanding calls.
+    /// Forgets a member: ends its session and fails its outstanding calls.
     pub fn remove_remote(&self, peer: &PeerId) {
-        write(&self.remotes).remove(peer);
+        if let Some(remote) = write(&self.remotes).remove(peer) {
+            remote.session.close();
+        }
         let failed: Vec<PendingCall> = {
             let mut pending = lock(&self.pending);
             let ids: Vec<u64> = pending
@@ -262,6 +293,11 @@ impl Shared {
                 .tx
                 .send(Err("the connection to the provider was lost".into()));
         }
+    }
+
+    /// Number of members with an open connection.
+    pub fn connected_count(&self) -> usize {
+        read(&self.remotes).values().filter(|r| r.connected).count()
     }
 
     /// Our subscription patterns, de-duplicated.

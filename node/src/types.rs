@@ -139,6 +139,86 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Unix seconds when it was last connected.
     pub last_seen: Option<i64>,
+    /// How it is reachable now.
+    pub status: MemberStatus,
+    /// Its open paths (connections), best first.
+    pub paths: Vec<PathStatus>,
+}
+
+/// How a member is reachable, as the connection train sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MemberStatus {
+    /// On a direct path (LAN, internet or BLE).
+    Direct {
+        /// The path class: `lan`, `direct` or `ble`.
+        class: String,
+        /// Round-trip time of the path, ms.
+        rtt_ms: Option<f64>,
+    },
+    /// Through a relay.
+    Relayed {
+        /// The relay's peer id, if known.
+        via: Option<String>,
+    },
+    /// No usable path.
+    Offline {
+        /// Unix ms when a path last worked, if ever.
+        last_seen_ms: Option<u64>,
+    },
+}
+
+/// One connection to a member and its health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathStatus {
+    /// The member.
+    pub peer_id: String,
+    /// The connection's number in this node.
+    pub connection: u64,
+    /// `lan`, `direct`, `ble` or `relayed`.
+    pub class: String,
+    /// The remote address.
+    pub remote_addr: String,
+    /// `active` (carries app traffic), `standby` (heartbeats only) or `extra`
+    /// (about to be closed).
+    pub role: String,
+    /// Smoothed heartbeat round-trip time, ms.
+    pub rtt_ms: Option<f64>,
+    /// Share of recent heartbeats that went unanswered (0–1).
+    pub loss: f32,
+    /// Whether heartbeats currently get answers.
+    pub healthy: bool,
+    /// Heartbeat interval on this path, ms.
+    pub heartbeat_ms: u64,
+    /// App bytes written on this path.
+    pub app_bytes_sent: u64,
+    /// App bytes read on this path.
+    pub app_bytes_received: u64,
+}
+
+/// A change in a member's reachability (streamed by `peers --watch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerEvent {
+    /// The member.
+    pub peer_id: String,
+    /// Its status after the change.
+    pub status: MemberStatus,
+    /// The path switch, if this event is one.
+    pub switch: Option<PathSwitch>,
+    /// Unix ms of the change.
+    pub at_ms: u64,
+}
+
+/// A path switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathSwitch {
+    /// The class of the old active path, if there was one.
+    pub from: Option<String>,
+    /// The class of the new active path, if there is one.
+    pub to: Option<String>,
+    /// Why: `established`, `better`, `active_closed`, `active_unhealthy`,
+    /// `ack_timeout` or `peer_moved`.
+    pub reason: String,
 }
 
 /// The node's own state.
@@ -166,6 +246,16 @@ pub struct Status {
     pub uptime_secs: u64,
     /// App-channel traffic since start.
     pub traffic: Traffic,
+    /// Every open path to a member, with its heartbeat health.
+    pub paths: Vec<PathStatus>,
+    /// App frames sent again on a new path after a switch, since start.
+    pub retransmitted: u64,
+    /// Duplicate app frames received and dropped, since start.
+    pub duplicates_dropped: u64,
+    /// App frames waiting for acknowledgement, all peers together.
+    pub unacked_frames: u64,
+    /// Frames refused because an unreachable member's outbox was full.
+    pub outbox_refused: u64,
 }
 
 /// Frames and bytes on app channels since start (frame bytes, before noise

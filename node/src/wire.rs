@@ -25,6 +25,8 @@ pub enum Frame {
     State(NetworkState),
     /// A pub/sub message from the sender.
     Publish {
+        /// Position in the sender's session (see [`Frame::Open`]).
+        seq: u64,
         /// The topic.
         topic: String,
         /// The payload.
@@ -34,6 +36,8 @@ pub enum Frame {
     },
     /// An RPC call.
     Request {
+        /// Position in the sender's session.
+        seq: u64,
         /// Caller-chosen id, echoed in the response.
         id: u64,
         /// The URI.
@@ -43,11 +47,52 @@ pub enum Frame {
     },
     /// The answer to a [`Frame::Request`].
     Response {
+        /// Position in the sender's session.
+        seq: u64,
         /// The request's id.
         id: u64,
         /// The outcome.
         result: CallResult,
     },
+    /// First frame on every link: the sequenced frames that follow belong to
+    /// the sender's session `session` and start at `first_seq`. A new session
+    /// id means the sender restarted: the receiver resets its de-duplication.
+    Open {
+        /// The sender's session id for this receiver (random per process and peer).
+        session: u64,
+        /// Sequence number of the first sequenced frame on this link.
+        first_seq: u64,
+    },
+    /// Cumulative acknowledgement: every sequenced frame of `session` up to
+    /// and including `upto` was delivered.
+    Ack {
+        /// The session acknowledged (the receiver's id for us).
+        session: u64,
+        /// Highest delivered sequence number.
+        upto: u64,
+    },
+}
+
+impl Frame {
+    /// The sequence number of a sequenced frame (`Publish`, `Request`, `Response`).
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Frame::Publish { seq, .. }
+            | Frame::Request { seq, .. }
+            | Frame::Response { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// Sets the sequence number of a sequenced frame (no-op on others).
+    pub fn set_seq(&mut self, value: u64) {
+        match self {
+            Frame::Publish { seq, .. }
+            | Frame::Request { seq, .. }
+            | Frame::Response { seq, .. } => *seq = value,
+            _ => {}
+        }
+    }
 }
 
 /// The outcome of a call, on the wire.
@@ -170,18 +215,29 @@ mod tests {
     fn frames_round_trip_and_garbage_is_an_error() {
         let frames = vec![
             Frame::Publish {
+                seq: 1,
                 topic: "a.b".into(),
                 payload: Bytes::from_static(b"hello"),
                 ts: 7,
             },
             Frame::Request {
+                seq: 2,
                 id: 1,
                 uri: "node.echo".into(),
                 args: Bytes::from_static(b"{}"),
             },
             Frame::Response {
+                seq: 3,
                 id: 1,
                 result: CallResult::Denied("no".into()),
+            },
+            Frame::Open {
+                session: 9,
+                first_seq: 1,
+            },
+            Frame::Ack {
+                session: 9,
+                upto: 3,
             },
             Frame::State(NetworkState {
                 name: "n".into(),
@@ -215,6 +271,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(
             &Frame::Publish {
+                seq: 0,
                 topic: "t".into(),
                 payload: Bytes::from(vec![0u8; 1000]),
                 ts: 0,

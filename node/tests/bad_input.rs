@@ -533,9 +533,19 @@ async fn misbehaving_member(junk: Vec<u8>) {
 
     // A well-formed publish is delivered: the node really reads this stream.
     let mut buf = Vec::new();
+    let mut open = Vec::new();
+    wire::encode(
+        &Frame::Open {
+            session: 5,
+            first_seq: 1,
+        },
+        &mut open,
+    );
+    encode_frame(&mut buf, &open, 1 << 20).unwrap();
     let mut payload = Vec::new();
     wire::encode(
         &Frame::Publish {
+            seq: 1,
             topic: "raw.hello".into(),
             payload: Bytes::from_static(b"well-formed"),
             ts: 1,

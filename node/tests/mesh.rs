@@ -397,7 +397,7 @@ async fn restarted_node_rejoins_without_a_new_invite() {
     let config = {
         let mut c = Config::ephemeral(b_dir.path());
         c.name = Some("b".into());
-        c.reconnect_interval_secs = 1;
+        c.reconnect_min_secs = 1;
         c
     };
     let b = NodeBuilder::new(config.clone()).build().await.unwrap();

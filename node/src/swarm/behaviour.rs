@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use libp2p::{
-    gossipsub, identify, identity::Keypair, kad, mdns, ping, swarm::behaviour::toggle::Toggle,
+    gossipsub, identify, identity::Keypair, kad, mdns, swarm::behaviour::toggle::Toggle,
     swarm::NetworkBehaviour, StreamProtocol,
 };
 
-use atmosphere_behaviours::{channel, membership};
+use atmosphere_behaviours::{channel, heartbeat, membership, train};
 
-use crate::{error::Error, types::VERSION};
+use crate::{config::Config, error::Error, types::VERSION};
 
 /// Identify protocol version string.
 pub(crate) const IDENTIFY_PROTOCOL: &str = "/atmosphere/id/1.0.0";
@@ -24,17 +24,38 @@ pub(crate) const MAX_GOSSIP_SIZE: usize = 256 * 1024;
 pub(crate) struct MeshBehaviour {
     pub membership: membership::Behaviour,
     pub channel: channel::Behaviour,
+    pub train: train::Behaviour,
+    pub heartbeat: heartbeat::Behaviour,
     pub identify: identify::Behaviour,
-    pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
 }
 
 impl MeshBehaviour {
-    pub(crate) fn new(key: &Keypair, mdns_enabled: bool) -> Result<Self, Error> {
+    pub(crate) fn new(key: &Keypair, config: &Config) -> Result<Self, Error> {
         let peer = key.public().to_peer_id();
-        let mdns = if mdns_enabled {
+        let order = config
+            .path_order()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let train_config = train::Config {
+            order,
+            backoff_min: Duration::from_secs(config.reconnect_min_secs),
+            backoff_max: Duration::from_secs(config.reconnect_max_secs),
+            probe_interval: train::ProbeIntervals {
+                ble: Duration::from_secs(config.probe_ble_secs),
+                lan: Duration::from_secs(config.probe_lan_secs),
+                direct: Duration::from_secs(config.probe_direct_secs),
+                relayed: Duration::from_secs(config.probe_relay_secs),
+            },
+            ..train::Config::default()
+        };
+        let heartbeat_config = heartbeat::Config {
+            default_interval: config.heartbeat_interval(train::PathClass::LanDirect),
+            max_missed: config.heartbeat_max_missed,
+            ..heartbeat::Config::default()
+        };
+        let mdns = if config.mdns {
             Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
                     .map_err(|e| Error::Transport(format!("mDNS: {e}")))?,
@@ -65,11 +86,12 @@ impl MeshBehaviour {
         Ok(Self {
             membership: membership::Behaviour::new(peer, membership::Config::default()),
             channel: channel::Behaviour::default(),
+            train: train::Behaviour::new(peer, train_config),
+            heartbeat: heartbeat::Behaviour::new(peer, heartbeat_config),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
                     .with_agent_version(format!("atmosphere/{VERSION}")),
             ),
-            ping: ping::Behaviour::new(ping::Config::new()),
             mdns: Toggle::from(mdns),
             kad,
             gossipsub,

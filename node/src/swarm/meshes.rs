@@ -460,8 +460,9 @@ impl Runtime {
         let members = self.store.members(&id.to_string())?.len();
         let membership = &self.swarm.behaviour().membership;
         let connected = crate::shared::read(&self.shared.remotes)
-            .keys()
-            .filter(|p| membership.verified(p).is_some_and(|m| m.contains_key(id)))
+            .iter()
+            .filter(|(_, r)| r.connected)
+            .filter(|(p, _)| membership.verified(p).is_some_and(|m| m.contains_key(id)))
             .count();
         Ok(MeshInfo {
             id: id.to_string(),
@@ -500,6 +501,7 @@ impl Runtime {
         let dropped = self.swarm.behaviour_mut().membership.remove_mesh(&id);
         for peer in dropped {
             self.shared.remove_remote(&peer);
+            self.swarm.behaviour_mut().train.unwatch(&peer);
         }
         // Peers still sharing other meshes keep only those meshes' grants.
         let membership = &self.swarm.behaviour().membership;

@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod meshes;
+mod paths;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -17,7 +18,7 @@ use libp2p::{
     gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash},
     identify,
     identity::Keypair,
-    mdns, ping,
+    mdns,
     swarm::{dial_opts::DialOpts, dial_opts::PeerCondition, ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Stream, Swarm,
 };
@@ -39,8 +40,8 @@ use crate::{
     config::Config,
     error::Error,
     invite::InviteUri,
-    link,
-    shared::{read, write, LinkTx, Remote, Shared},
+    session::Session,
+    shared::{read, write, Remote, Shared},
     store::Store,
     types::{Invite, InviteOptions, MeshInfo, PeerInfo, Status, VERSION},
     wire::{self, Frame, MemberHint, NetworkState, StateAnnouncement, MAX_ADDRS, MAX_MEMBER_HINTS},
@@ -54,8 +55,8 @@ const REJECT_COOLDOWN: Duration = Duration::from_secs(600);
 const MAX_REJECTED: usize = 1024;
 /// Most peers in the directory (members heard of but maybe not connected).
 const MAX_DIRECTORY: usize = 4096;
-/// Most dials started per reconnect tick.
-const MAX_DIALS_PER_TICK: usize = 32;
+/// How often sessions are checked for late acknowledgements.
+const ACK_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Requests to the swarm task.
 pub(crate) enum Command {
@@ -101,6 +102,11 @@ pub(crate) enum Command {
     },
     /// A link writer stopped.
     LinkClosed {
+        peer: PeerId,
+        connection: ConnectionId,
+    },
+    /// The peer's app frames arrive on a new connection (its `Open` frame).
+    PeerMoved {
         peer: PeerId,
         connection: ConnectionId,
     },
@@ -150,22 +156,27 @@ pub(crate) struct Runtime {
     meshes: HashMap<MeshId, MeshState>,
     topics: HashMap<TopicHash, MeshId>,
     joins: HashMap<PeerId, PendingJoin>,
-    pending_inbound: HashMap<PeerId, Stream>,
+    /// App streams from peers still being verified (bounded per peer).
+    pending_inbound: HashMap<PeerId, Vec<(ConnectionId, Stream)>>,
     connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
     directory: HashMap<PeerId, DirectoryEntry>,
     rejected: HashMap<PeerId, Instant>,
     rejected_order: VecDeque<PeerId>,
-    opening: HashSet<PeerId>,
+    /// App streams being opened, and on which connection.
+    opening: HashMap<PeerId, Option<ConnectionId>>,
+    /// Heartbeat interval set on each connection.
+    heartbeat_intervals: HashMap<ConnectionId, Duration>,
+    /// Heartbeat answers received per connection.
+    heartbeat_samples: HashMap<ConnectionId, u32>,
+    /// When each member last had a working path (unix ms).
+    last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
     early_identify: HashMap<PeerId, identify::Info>,
-    /// Where the next reconnect round starts in the member list (rotates so
-    /// that every member gets its turn when there are more than fit a tick).
-    reconnect_cursor: usize,
     state_seq: u64,
     started: Instant,
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -208,9 +219,11 @@ impl Runtime {
             directory: HashMap::new(),
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
-            opening: HashSet::new(),
+            opening: HashMap::new(),
+            heartbeat_intervals: HashMap::new(),
+            heartbeat_samples: HashMap::new(),
+            last_seen_ms: HashMap::new(),
             early_identify: HashMap::new(),
-            reconnect_cursor: 0,
             state_seq: 0,
             started: Instant::now(),
         };
@@ -225,9 +238,17 @@ impl Runtime {
                 tracing::warn!(%addr, error = %e, "bootstrap dial failed");
             }
         }
+        match self.store.member_peer_ids() {
+            Ok(members) => {
+                for peer in members.iter().filter_map(|p| p.parse::<PeerId>().ok()) {
+                    self.watch_member(peer);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "store"),
+        }
         let mut state_tick = tokio::time::interval(self.config.state_interval());
-        let mut reconnect_tick =
-            tokio::time::interval(Duration::from_secs(self.config.reconnect_interval_secs));
+        let mut ack_tick = tokio::time::interval(ACK_CHECK_INTERVAL);
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -241,8 +262,8 @@ impl Runtime {
                     None => break,
                 },
                 _ = state_tick.tick() => self.announce_state(),
-                _ = reconnect_tick.tick() => self.reconnect(),
-                _ = housekeeping.tick() => self.expire_joins(),
+                _ = ack_tick.tick() => self.check_acks(),
+                _ = housekeeping.tick() => self.housekeeping(),
             }
         }
         tracing::info!("node stopped");
@@ -290,6 +311,7 @@ impl Runtime {
             Command::StateChanged => self.announce_state(),
             Command::RemoteState { peer, state } => self.on_remote_state(peer, state),
             Command::LinkClosed { peer, connection } => self.on_link_closed(peer, connection),
+            Command::PeerMoved { peer, connection } => self.on_peer_moved(peer, connection),
             Command::Misbehaved { peer, reason } => {
                 tracing::warn!(%peer, %reason, "peer sent a malformed frame; disconnecting");
                 self.shared.remove_remote(&peer);
@@ -317,6 +339,7 @@ impl Runtime {
                     .entry(peer_id)
                     .or_default()
                     .push((connection_id, endpoint));
+                self.tune_heartbeats(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -346,14 +369,34 @@ impl Runtime {
         if let Some(conns) = self.connections.get_mut(&peer) {
             conns.retain(|(id, _)| *id != connection);
         }
+        self.heartbeat_intervals.remove(&connection);
+        self.heartbeat_samples.remove(&connection);
+        crate::shared::lock(&self.shared.path_traffic).remove(&connection);
+        if self.opening.get(&peer) == Some(&Some(connection)) {
+            self.opening.remove(&peer);
+        }
+        if let Some(parked) = self.pending_inbound.get_mut(&peer) {
+            parked.retain(|(c, _)| *c != connection);
+        }
         if remaining == 0 {
             self.start_deferred_join(peer);
             self.connections.remove(&peer);
             self.pending_inbound.remove(&peer);
             self.early_identify.remove(&peer);
             self.opening.remove(&peer);
-            let was_member = read(&self.shared.remotes).contains_key(&peer);
-            self.shared.remove_remote(&peer);
+            let was_member = {
+                let mut remotes = write(&self.shared.remotes);
+                match remotes.get_mut(&peer) {
+                    Some(remote) => {
+                        // The session stays: its outbox holds frames until
+                        // the member is back or the linger ends.
+                        remote.connected = false;
+                        remote.disconnected_at = Some(Instant::now());
+                        true
+                    }
+                    None => false,
+                }
+            };
             if was_member {
                 tracing::info!(%peer, "member disconnected");
                 if let Err(e) = self.store.upsert_peer(&peer.to_string(), None, unix_now()) {
@@ -361,10 +404,10 @@ impl Runtime {
                 }
             }
         } else {
-            let link_on_it = read(&self.shared.remotes)
-                .get(&peer)
-                .and_then(|r| r.link.as_ref())
-                .is_some_and(|l| l.connection == connection);
+            let link_on_it = self
+                .shared
+                .session(&peer)
+                .is_some_and(|s| s.connection() == Some(connection));
             if link_on_it {
                 self.on_link_closed(peer, connection);
             }
@@ -378,17 +421,11 @@ impl Runtime {
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identify(peer_id, info)
             }
-            MeshBehaviourEvent::Ping(ping::Event {
-                peer,
-                result: Ok(rtt),
-                ..
-            }) => {
-                if let Some(remote) = write(&self.shared.remotes).get_mut(&peer) {
-                    remote.rtt = Some(rtt);
-                }
-            }
+            MeshBehaviourEvent::Train(event) => self.on_train_event(event),
+            MeshBehaviourEvent::Heartbeat(event) => self.on_heartbeat_event(event),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
+                    self.add_candidates(peer, std::slice::from_ref(&addr));
                     self.maybe_dial(peer, vec![addr]);
                 }
             }
@@ -443,12 +480,20 @@ impl Runtime {
 
     fn on_channel_event(&mut self, event: channel::Event) {
         match event {
-            channel::Event::Inbound { peer, stream, .. } => {
+            channel::Event::Inbound {
+                peer,
+                connection,
+                stream,
+            } => {
                 if read(&self.shared.remotes).contains_key(&peer) {
-                    self.spawn_reader(peer, stream);
+                    self.spawn_reader(peer, connection, stream);
                 } else {
-                    // Verification may still be under way; keep the newest stream.
-                    self.pending_inbound.insert(peer, stream);
+                    // Verification may still be under way; park the stream.
+                    let parked = self.pending_inbound.entry(peer).or_default();
+                    if parked.len() >= paths::MAX_PARKED_STREAMS {
+                        parked.remove(0);
+                    }
+                    parked.push((connection, stream));
                 }
             }
             channel::Event::Opened {
@@ -456,81 +501,22 @@ impl Runtime {
                 connection,
                 stream,
                 ..
+            } => self.on_link_opened(peer, connection, stream),
+            channel::Event::OpenFailed {
+                peer,
+                connection,
+                error,
+                ..
             } => {
-                self.opening.remove(&peer);
-                self.start_writer(peer, connection, stream);
-            }
-            channel::Event::OpenFailed { peer, error, .. } => {
-                self.opening.remove(&peer);
+                if self
+                    .opening
+                    .get(&peer)
+                    .is_some_and(|c| c.is_none_or(|c| c == connection))
+                {
+                    self.opening.remove(&peer);
+                }
                 tracing::debug!(%peer, %error, "channel stream failed to open");
             }
-        }
-    }
-
-    fn spawn_reader(&self, peer: PeerId, stream: Stream) {
-        tokio::spawn(link::run_reader(
-            peer,
-            stream,
-            self.shared.clone(),
-            self.commands.clone(),
-        ));
-    }
-
-    fn start_writer(&mut self, peer: PeerId, connection: ConnectionId, stream: Stream) {
-        let (tx, rx) = mpsc::channel(self.shared.limits.link_queue);
-        // The state record goes first so the peer knows our interests at once.
-        let state = self.state_for(&peer);
-        if tx.try_send(Frame::State(state)).is_err() {
-            return;
-        }
-        {
-            let mut remotes = write(&self.shared.remotes);
-            let Some(remote) = remotes.get_mut(&peer) else {
-                return;
-            };
-            remote.link = Some(LinkTx { tx, connection });
-        }
-        tokio::spawn(link::run_writer(
-            peer,
-            connection,
-            stream,
-            rx,
-            self.shared.clone(),
-            self.commands.clone(),
-        ));
-    }
-
-    fn open_link(&mut self, peer: PeerId) {
-        if self.opening.contains(&peer) {
-            return;
-        }
-        match self.swarm.behaviour_mut().channel.open_stream(peer, None) {
-            Ok(_) => {
-                self.opening.insert(peer);
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "cannot open a link"),
-        }
-    }
-
-    fn on_link_closed(&mut self, peer: PeerId, connection: ConnectionId) {
-        let still_member = {
-            let mut remotes = write(&self.shared.remotes);
-            match remotes.get_mut(&peer) {
-                Some(remote) => {
-                    if remote
-                        .link
-                        .as_ref()
-                        .is_some_and(|l| l.connection == connection)
-                    {
-                        remote.link = None;
-                    }
-                    remote.link.is_none()
-                }
-                None => false,
-            }
-        };
-        if still_member && self.swarm.is_connected(&peer) {
-            self.open_link(peer);
         }
     }
 
@@ -540,15 +526,18 @@ impl Runtime {
         meshes: std::collections::BTreeMap<MeshId, CertificateBody>,
     ) {
         let acl = acl_of(&peer, &meshes);
-        let is_new = {
+        let needs_link = {
             let mut remotes = write(&self.shared.remotes);
             match remotes.get_mut(&peer) {
                 Some(remote) => {
                     remote.acl = acl;
-                    false
+                    remote.connected = true;
+                    remote.disconnected_at = None;
+                    remote.session.connection().is_none()
                 }
                 None => {
-                    remotes.insert(peer, Remote::new(acl));
+                    let session = Session::new(peer, self.shared.outbox);
+                    remotes.insert(peer, Remote::new(acl, session));
                     true
                 }
             }
@@ -585,12 +574,13 @@ impl Runtime {
         if let Some(info) = self.early_identify.remove(&peer) {
             self.on_identify(peer, info);
         }
-        if is_new {
-            if let Some(stream) = self.pending_inbound.remove(&peer) {
-                self.spawn_reader(peer, stream);
-            }
+        for (connection, stream) in self.pending_inbound.remove(&peer).unwrap_or_default() {
+            self.spawn_reader(peer, connection, stream);
+        }
+        if needs_link {
             self.open_link(peer);
         }
+        self.watch_member(peer);
     }
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
@@ -608,6 +598,7 @@ impl Runtime {
             .take(MAX_ADDRS)
             .collect();
         let peer_str = peer.to_string();
+        self.add_candidates(peer, &addrs);
         for addr in &addrs {
             self.swarm
                 .behaviour_mut()
@@ -634,6 +625,13 @@ impl Runtime {
             return;
         }
         self.note_directory(peer, &state);
+        let addrs: Vec<Multiaddr> = state
+            .addrs
+            .iter()
+            .filter(|a| is_routable_for_hint(a))
+            .cloned()
+            .collect();
+        self.add_candidates(peer, &addrs);
         if let Err(e) = self.store.upsert_peer(
             &peer.to_string(),
             Some(&state.name)
@@ -739,66 +737,23 @@ impl Runtime {
         }
     }
 
-    /// Dials known members that are not connected, from saved endpoints.
-    fn reconnect(&mut self) {
-        let members = match self.store.member_peer_ids() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "store");
-                return;
-            }
+    /// Once a second: joins that took too long, outboxes past their linger,
+    /// and the metrics our heartbeats carry.
+    fn housekeeping(&mut self) {
+        self.expire_joins();
+        self.expire_outboxes();
+        let traffic = self.shared.traffic.snapshot();
+        let info = atmosphere_behaviours::heartbeat::LocalInfo {
+            capabilities: vec!["pubsub".into(), "rpc".into()],
+            endpoints: self.advertised_addrs(),
+            metrics: atmosphere_behaviours::heartbeat::Metrics {
+                peers: self.shared.connected_count() as u32,
+                messages_sent: traffic.frames_sent,
+                messages_received: traffic.frames_received,
+                uptime_secs: self.started.elapsed().as_secs(),
+            },
         };
-        let mut dials = 0;
-        let start = self.reconnect_cursor % members.len().max(1);
-        let rotated: Vec<String> = members[start..]
-            .iter()
-            .chain(&members[..start])
-            .cloned()
-            .collect();
-        for (offset, peer_str) in rotated.into_iter().enumerate() {
-            if dials >= MAX_DIALS_PER_TICK {
-                self.reconnect_cursor = start + offset;
-                break;
-            }
-            let Ok(peer) = peer_str.parse::<PeerId>() else {
-                continue;
-            };
-            if peer == self.local_peer() || self.swarm.is_connected(&peer) {
-                continue;
-            }
-            let mut addrs: Vec<Multiaddr> = self
-                .store
-                .endpoints(&peer_str)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|e| e.addr.parse().ok())
-                .collect();
-            if let Some(entry) = self.directory.get(&peer) {
-                addrs.extend(entry.addrs.iter().cloned());
-            }
-            let mut seen = HashSet::new();
-            addrs.retain(|a| seen.insert(a.clone()));
-            if addrs.is_empty() {
-                continue;
-            }
-            dials += 1;
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(%peer, error = %e, "reconnect dial not started");
-            }
-        }
-        // Verified peers whose link is down get a new one.
-        let linkless: Vec<PeerId> = read(&self.shared.remotes)
-            .iter()
-            .filter(|(_, r)| r.link.is_none())
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in linkless {
-            self.open_link(peer);
-        }
+        self.swarm.behaviour_mut().heartbeat.set_local_info(info);
     }
 
     fn expire_joins(&mut self) {
@@ -873,14 +828,13 @@ impl Runtime {
     /// Sends our state on every link and on every mesh's gossipsub topic.
     fn announce_state(&mut self) {
         self.state_seq += 1;
-        let links: Vec<(PeerId, mpsc::Sender<Frame>)> = read(&self.shared.remotes)
+        let sessions: Vec<(PeerId, Arc<Session>)> = read(&self.shared.remotes)
             .iter()
-            .filter_map(|(p, r)| r.link.as_ref().map(|l| (*p, l.tx.clone())))
+            .filter(|(_, r)| r.connected)
+            .map(|(p, r)| (*p, r.session.clone()))
             .collect();
-        for (peer, tx) in links {
-            if tx.try_send(Frame::State(self.state_for(&peer))).is_err() {
-                tracing::debug!(%peer, "link queue full: state goes out with the next announcement");
-            }
+        for (peer, session) in sessions {
+            session.send_state(Frame::State(self.state_for(&peer)));
         }
         let base = self.base_state();
         let announcements: Vec<(IdentTopic, Vec<u8>)> = self
@@ -907,18 +861,31 @@ impl Runtime {
     }
 
     fn status(&self) -> Status {
+        let sessions: Vec<crate::session::SessionStats> = read(&self.shared.remotes)
+            .values()
+            .map(|r| r.session.stats())
+            .collect();
         Status {
             peer_id: self.local_peer().to_string(),
             name: self.name.clone(),
             version: VERSION.to_owned(),
             listen_addrs: self.swarm.listeners().map(|a| a.to_string()).collect(),
             meshes: self.list_meshes().unwrap_or_default(),
-            connected_peers: read(&self.shared.remotes).len(),
+            connected_peers: self.shared.connected_count(),
             open_connections: self.connections.values().map(Vec::len).sum(),
             subscriptions: self.shared.subscription_patterns(),
             registrations: self.shared.registration_uris(),
             uptime_secs: self.started.elapsed().as_secs(),
             traffic: self.shared.traffic.snapshot(),
+            paths: self
+                .connections
+                .keys()
+                .flat_map(|p| self.path_statuses(p))
+                .collect(),
+            retransmitted: sessions.iter().map(|s| s.retransmitted).sum(),
+            duplicates_dropped: sessions.iter().map(|s| s.duplicates_dropped).sum(),
+            unacked_frames: sessions.iter().map(|s| s.unacked as u64).sum(),
+            outbox_refused: sessions.iter().map(|s| s.refused_full).sum(),
         }
     }
 
@@ -942,7 +909,7 @@ impl Runtime {
             let info = by_peer
                 .entry(peer.to_string())
                 .or_insert_with(|| empty_peer_info(&peer.to_string()));
-            info.connected = true;
+            info.connected = remote.connected;
             info.name = remote.name.clone();
             info.subscriptions = remote
                 .subscriptions
@@ -980,6 +947,20 @@ impl Runtime {
             }
             info.meshes.sort();
             info.meshes.dedup();
+            if let Ok(peer) = info.peer_id.parse::<PeerId>() {
+                let mut status = paths::member_status(&self.swarm.behaviour().train.status(&peer));
+                if let crate::types::MemberStatus::Offline { last_seen_ms } = &mut status {
+                    if last_seen_ms.is_none() {
+                        *last_seen_ms = self
+                            .last_seen_ms
+                            .get(&peer)
+                            .copied()
+                            .or(info.last_seen.map(|s| (s.max(0) as u64) * 1000));
+                    }
+                }
+                info.status = status;
+                info.paths = self.path_statuses(&peer);
+            }
         }
         let mut list: Vec<PeerInfo> = by_peer.into_values().collect();
         list.sort_by(|a, b| {
@@ -1018,5 +999,7 @@ fn empty_peer_info(peer: &str) -> PeerInfo {
         registrations: Vec::new(),
         rtt_ms: None,
         last_seen: None,
+        status: crate::types::MemberStatus::Offline { last_seen_ms: None },
+        paths: Vec::new(),
     }
 }

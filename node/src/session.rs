@@ -1,0 +1,637 @@
+//! Sessions: what keeps the app traffic to one peer whole across path switches.
+//!
+//! Every remote member has one [`Session`], which outlives the connections to
+//! it. Outbound, the session numbers each sequenced frame (`Publish`,
+//! `Request`, `Response`) and keeps it in a bounded outbox until the peer
+//! acknowledges it ([`Frame::Ack`], cumulative). The link writer of the
+//! current path reads frames straight from the outbox; when the path changes
+//! the new writer starts with [`Frame::Open`] and replays everything not yet
+//! acknowledged. When no path exists, frames wait in the outbox and go out on
+//! reconnect.
+//!
+//! Inbound, the session remembers the peer's session id and the next sequence
+//! number it expects. A frame is delivered to the app only if its number is
+//! not below that; replays and stragglers from an old path are dropped. Frames
+//! on one link arrive in order and a new link always starts at or below the
+//! first undelivered number (acknowledgements never run ahead of delivery), so
+//! every accepted frame is exactly the next one: delivery is exactly once and
+//! in order per sender, across any number of switches.
+//!
+//! Failure detection: when the oldest unacknowledged frame is older than
+//! `max(4 × SRTT, ack_timeout_floor)`, [`Session::ack_overdue`] says so once;
+//! the node then asks the connection train to promote the standby path.
+//!
+//! Bounds: the outbox holds at most [`OutboxLimits::frames`] frames and
+//! [`OutboxLimits::bytes`] payload bytes. While a path exists, senders wait for
+//! room (back-pressure); while none exists, a full outbox refuses new frames
+//! with [`SendError::Full`] rather than growing.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use libp2p::{swarm::ConnectionId, PeerId};
+use tokio::sync::Notify;
+
+use crate::{shared::lock, wire::Frame};
+
+/// Bounds of one peer's outbox.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxLimits {
+    /// Most unacknowledged frames.
+    pub frames: usize,
+    /// Most unacknowledged payload bytes (a single larger frame is still
+    /// accepted into an empty outbox).
+    pub bytes: usize,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SendError {
+    /// No path to the peer and its outbox is full.
+    #[error("the peer is unreachable and its outbox is full")]
+    Full,
+    /// The session ended (the peer was forgotten or misbehaved).
+    #[error("the session with the peer ended")]
+    Closed,
+}
+
+/// What the writer of a path should do next.
+pub(crate) enum Batch {
+    /// Frames were encoded into the buffer: write them.
+    Ready {
+        /// How many frames.
+        frames: u64,
+    },
+    /// Nothing to send: wait for a wake-up.
+    Idle,
+    /// A newer path took over (or the session ended): stop.
+    Superseded,
+}
+
+struct Pending {
+    seq: u64,
+    frame: Frame,
+    size: usize,
+    sent_at: Option<Instant>,
+    sends: u32,
+}
+
+struct WriterSlot {
+    generation: u64,
+    connection: ConnectionId,
+    notify: Arc<Notify>,
+    fresh: bool,
+}
+
+struct Outbound {
+    next_seq: u64,
+    unacked: VecDeque<Pending>,
+    /// Index in `unacked` of the next frame the current writer sends.
+    cursor: usize,
+    bytes: usize,
+    writer: Option<WriterSlot>,
+    next_generation: u64,
+    /// The latest state record, sent before any queued frame.
+    control: Option<Frame>,
+    srtt: Option<Duration>,
+    timeout_fired: bool,
+    closed: bool,
+}
+
+struct Inbound {
+    remote_session: Option<u64>,
+    next_expected: u64,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SessionStats {
+    pub unacked: usize,
+    pub retransmitted: u64,
+    pub duplicates_dropped: u64,
+    pub refused_full: u64,
+}
+
+/// One remote peer's session (see the module docs).
+pub(crate) struct Session {
+    peer: PeerId,
+    id: u64,
+    limits: OutboxLimits,
+    out: Mutex<Outbound>,
+    /// Senders waiting for room in the outbox.
+    room: Notify,
+    inbound: Mutex<Inbound>,
+    /// The peer's session id and the highest number delivered, for acks.
+    ack_session: AtomicU64,
+    ack_upto: AtomicU64,
+    ack_due: AtomicBool,
+    retransmitted: AtomicU64,
+    duplicates: AtomicU64,
+    refused_full: AtomicU64,
+}
+
+/// A frame's size for the byte bound: its payload.
+fn payload_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Publish { payload, topic, .. } => payload.len() + topic.len(),
+        Frame::Request { args, uri, .. } => args.len() + uri.len(),
+        Frame::Response { result, .. } => match result {
+            crate::wire::CallResult::Ok(b) => b.len(),
+            crate::wire::CallResult::Denied(s) | crate::wire::CallResult::Remote(s) => s.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+impl Session {
+    /// A new session with `peer`, with a random id.
+    pub fn new(peer: PeerId, limits: OutboxLimits) -> Arc<Self> {
+        Arc::new(Self {
+            peer,
+            id: rand::random::<u64>() | 1,
+            limits,
+            out: Mutex::new(Outbound {
+                next_seq: 1,
+                unacked: VecDeque::new(),
+                cursor: 0,
+                bytes: 0,
+                writer: None,
+                next_generation: 1,
+                control: None,
+                srtt: None,
+                timeout_fired: false,
+                closed: false,
+            }),
+            room: Notify::new(),
+            inbound: Mutex::new(Inbound {
+                remote_session: None,
+                next_expected: 0,
+            }),
+            ack_session: AtomicU64::new(0),
+            ack_upto: AtomicU64::new(0),
+            ack_due: AtomicBool::new(false),
+            retransmitted: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+        })
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// Queues a sequenced frame (its `seq` is assigned here). Waits for room
+    /// while a path exists; fails at once when none does and the outbox is full.
+    pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        let size = payload_len(&frame);
+        let mut frame = Some(frame);
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            // Decide under the lock; wait (if needed) after releasing it.
+            let wake = {
+                let mut out = lock(&self.out);
+                if out.closed {
+                    return Err(SendError::Closed);
+                }
+                let has_room = out.unacked.is_empty()
+                    || (out.unacked.len() < self.limits.frames
+                        && out.bytes + size <= self.limits.bytes);
+                if has_room {
+                    let seq = out.next_seq;
+                    out.next_seq += 1;
+                    if let Some(mut frame) = frame.take() {
+                        frame.set_seq(seq);
+                        out.bytes += size;
+                        out.unacked.push_back(Pending {
+                            seq,
+                            frame,
+                            size,
+                            sent_at: None,
+                            sends: 0,
+                        });
+                    }
+                    Some(out.writer.as_ref().map(|w| w.notify.clone()))
+                } else if out.writer.is_none() {
+                    self.refused_full.fetch_add(1, Ordering::Relaxed);
+                    return Err(SendError::Full);
+                } else {
+                    notified.as_mut().enable();
+                    None
+                }
+            };
+            match wake {
+                Some(writer) => {
+                    if let Some(notify) = writer {
+                        notify.notify_one();
+                    }
+                    return Ok(());
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Replaces the pending state record (unsequenced: only the newest matters).
+    pub fn send_state(&self, frame: Frame) {
+        let wake = {
+            let mut out = lock(&self.out);
+            out.control = Some(frame);
+            out.writer.as_ref().map(|w| w.notify.clone())
+        };
+        if let Some(notify) = wake {
+            notify.notify_one();
+        }
+    }
+
+    /// Makes `connection` the path for outbound frames, with `state` as the
+    /// first record. Returns the writer's generation and wake-up handle; the
+    /// previous writer stops at its next batch.
+    pub fn attach(&self, connection: ConnectionId, state: Frame) -> (u64, Arc<Notify>) {
+        let notify = Arc::new(Notify::new());
+        let (generation, previous) = {
+            let mut out = lock(&self.out);
+            let generation = out.next_generation;
+            out.next_generation += 1;
+            let previous = out.writer.replace(WriterSlot {
+                generation,
+                connection,
+                notify: notify.clone(),
+                fresh: true,
+            });
+            out.cursor = 0;
+            out.timeout_fired = false;
+            out.control = Some(state);
+            for pending in out.unacked.iter_mut() {
+                pending.sent_at = None;
+            }
+            (generation, previous)
+        };
+        if let Some(previous) = previous {
+            previous.notify.notify_one();
+        }
+        self.ack_due.store(true, Ordering::Relaxed);
+        notify.notify_one();
+        (generation, notify)
+    }
+
+    /// The writer of `generation` stopped (its path failed).
+    pub fn detach(&self, generation: u64) {
+        let mut out = lock(&self.out);
+        if out
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.generation == generation)
+        {
+            out.writer = None;
+            drop(out);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// The connection outbound frames currently use.
+    pub fn connection(&self) -> Option<ConnectionId> {
+        lock(&self.out).writer.as_ref().map(|w| w.connection)
+    }
+
+    /// Encodes the next batch for the writer of `generation` into `buf`
+    /// (using `push` to add one length-prefixed frame; it returns false for a
+    /// frame over the size limit, which is then skipped).
+    pub fn next_batch(
+        &self,
+        generation: u64,
+        buf: &mut Vec<u8>,
+        batch_bytes: usize,
+        mut push: impl FnMut(&mut Vec<u8>, &Frame) -> bool,
+    ) -> Batch {
+        let mut out = lock(&self.out);
+        let fresh = match out.writer.as_mut() {
+            Some(w) if w.generation == generation => std::mem::replace(&mut w.fresh, false),
+            _ => return Batch::Superseded,
+        };
+        if out.closed {
+            return Batch::Superseded;
+        }
+        let mut frames = 0u64;
+        if fresh {
+            let first_seq = out.unacked.front().map_or(out.next_seq, |p| p.seq);
+            push(
+                buf,
+                &Frame::Open {
+                    session: self.id,
+                    first_seq,
+                },
+            );
+            frames += 1;
+        }
+        if self.ack_due.swap(false, Ordering::Relaxed) {
+            let upto = self.ack_upto.load(Ordering::Relaxed);
+            if upto > 0 {
+                push(
+                    buf,
+                    &Frame::Ack {
+                        session: self.ack_session.load(Ordering::Relaxed),
+                        upto,
+                    },
+                );
+                frames += 1;
+            }
+        }
+        if let Some(state) = out.control.take() {
+            push(buf, &state);
+            frames += 1;
+        }
+        let now = Instant::now();
+        while buf.len() < batch_bytes && out.cursor < out.unacked.len() {
+            let cursor = out.cursor;
+            let pending = &mut out.unacked[cursor];
+            if !push(buf, &pending.frame) {
+                tracing::warn!(peer = %self.peer, seq = pending.seq, "frame over the size limit not sent");
+            }
+            if pending.sends > 0 {
+                self.retransmitted.fetch_add(1, Ordering::Relaxed);
+            }
+            pending.sends += 1;
+            pending.sent_at = Some(now);
+            out.cursor += 1;
+            frames += 1;
+        }
+        if frames == 0 {
+            Batch::Idle
+        } else {
+            Batch::Ready { frames }
+        }
+    }
+
+    /// Applies the peer's cumulative acknowledgement.
+    pub fn on_ack(&self, session: u64, upto: u64) {
+        if session != self.id {
+            return;
+        }
+        let mut out = lock(&self.out);
+        let mut sample = None;
+        let mut popped = false;
+        while out.unacked.front().is_some_and(|p| p.seq <= upto) {
+            let Some(p) = out.unacked.pop_front() else {
+                break;
+            };
+            out.bytes -= p.size;
+            out.cursor = out.cursor.saturating_sub(1);
+            popped = true;
+            // Karn: only frames sent once give a clean sample.
+            if p.sends == 1 {
+                sample = p.sent_at.map(|t| t.elapsed());
+            }
+        }
+        if let Some(sample) = sample {
+            out.srtt = Some(match out.srtt {
+                Some(srtt) => (srtt * 7 + sample) / 8,
+                None => sample,
+            });
+        }
+        if popped {
+            out.timeout_fired = false;
+            drop(out);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// True once when the oldest unacknowledged frame has waited longer than
+    /// `max(4 × SRTT, floor)` on the current path (re-armed by progress or a
+    /// new path).
+    pub fn ack_overdue(&self, floor: Duration) -> bool {
+        let mut out = lock(&self.out);
+        if out.timeout_fired || out.writer.is_none() {
+            return false;
+        }
+        let rto = out.srtt.map_or(floor, |s| (s * 4).max(floor));
+        let late = out
+            .unacked
+            .front()
+            .and_then(|p| p.sent_at)
+            .is_some_and(|t| t.elapsed() > rto);
+        if late {
+            out.timeout_fired = true;
+        }
+        late
+    }
+
+    /// A link from the peer announced `session` starting at `first_seq`.
+    /// Returns true when that is a new session (the peer restarted, or this
+    /// is its first link): what we knew of its state is stale.
+    pub fn on_open(&self, session: u64, first_seq: u64) -> bool {
+        let mut inbound = lock(&self.inbound);
+        if inbound.remote_session == Some(session) {
+            return false;
+        }
+        inbound.remote_session = Some(session);
+        inbound.next_expected = first_seq;
+        self.ack_session.store(session, Ordering::Relaxed);
+        self.ack_upto
+            .store(first_seq.saturating_sub(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Delivers sequenced frame `seq` of `link_session` with `deliver` if it
+    /// is new; returns false for a duplicate or a frame of an older session.
+    /// Deliveries are serialised, so frames reach the app in order even when
+    /// two paths deliver at once.
+    pub fn accept(&self, link_session: u64, seq: u64, deliver: impl FnOnce()) -> bool {
+        {
+            let mut inbound = lock(&self.inbound);
+            if inbound.remote_session != Some(link_session) || seq < inbound.next_expected {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            if seq > inbound.next_expected {
+                tracing::warn!(peer = %self.peer, expected = inbound.next_expected, seq, "gap in the peer's session");
+            }
+            deliver();
+            inbound.next_expected = seq + 1;
+            self.ack_upto.store(seq, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Asks the writer to send an acknowledgement soon (coalesced).
+    pub fn request_ack(&self) {
+        if !self.ack_due.swap(true, Ordering::Relaxed) {
+            let notify = lock(&self.out).writer.as_ref().map(|w| w.notify.clone());
+            if let Some(notify) = notify {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Ends the session: queued frames are dropped, senders and the writer stop.
+    pub fn close(&self) {
+        let writer = {
+            let mut out = lock(&self.out);
+            out.closed = true;
+            out.unacked.clear();
+            out.bytes = 0;
+            out.cursor = 0;
+            out.writer.take()
+        };
+        if let Some(writer) = writer {
+            writer.notify.notify_one();
+        }
+        self.room.notify_waiters();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        let out = lock(&self.out);
+        SessionStats {
+            unacked: out.unacked.len(),
+            retransmitted: self.retransmitted.load(Ordering::Relaxed),
+            duplicates_dropped: self.duplicates.load(Ordering::Relaxed),
+            refused_full: self.refused_full.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn publish(n: u8) -> Frame {
+        Frame::Publish {
+            seq: 0,
+            topic: "t".into(),
+            payload: Bytes::from(vec![n; 10]),
+            ts: 0,
+        }
+    }
+
+    /// Decodes what a writer batch produced (frames without length prefix,
+    /// collected by the test's `push`).
+    fn batch(session: &Session, generation: u64) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut buf = Vec::new();
+        match session.next_batch(generation, &mut buf, usize::MAX, |_, f| {
+            frames.push(f.clone());
+            true
+        }) {
+            Batch::Ready { frames: n } => assert_eq!(n as usize, frames.len()),
+            Batch::Idle => assert!(frames.is_empty()),
+            Batch::Superseded => panic!("superseded"),
+        }
+        frames
+    }
+
+    fn limits() -> OutboxLimits {
+        OutboxLimits {
+            frames: 4,
+            bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_path_replays_everything_unacknowledged() {
+        let s = Session::new(PeerId::random(), limits());
+        let state = Frame::State(Default::default());
+        let (g1, _) = s.attach(ConnectionId::new_unchecked(1), state.clone());
+        for n in 0..3 {
+            s.send(publish(n)).await.unwrap();
+        }
+        let first = batch(&s, g1);
+        assert!(matches!(first[0], Frame::Open { first_seq: 1, .. }));
+        assert!(matches!(first[1], Frame::State(_)));
+        assert_eq!(
+            first[2..].iter().map(|f| f.seq()).collect::<Vec<_>>(),
+            vec![Some(1), Some(2), Some(3)]
+        );
+        s.on_ack(s.id, 1);
+        let (g2, _) = s.attach(ConnectionId::new_unchecked(2), state);
+        assert!(matches!(
+            s.next_batch(g1, &mut Vec::new(), 1, |_, _| true),
+            Batch::Superseded
+        ));
+        let replay = batch(&s, g2);
+        assert!(matches!(replay[0], Frame::Open { first_seq: 2, .. }));
+        assert_eq!(
+            replay[2..].iter().map(|f| f.seq()).collect::<Vec<_>>(),
+            vec![Some(2), Some(3)]
+        );
+        assert_eq!(s.stats().retransmitted, 2);
+    }
+
+    #[tokio::test]
+    async fn receiver_delivers_each_number_once_in_order() {
+        let s = Session::new(PeerId::random(), limits());
+        s.on_open(77, 5);
+        let mut got = Vec::new();
+        for seq in [5, 6, 5, 6, 7, 4, 8] {
+            s.accept(77, seq, || got.push(seq));
+        }
+        assert_eq!(got, vec![5, 6, 7, 8]);
+        // Frames of an unknown (older) session are dropped.
+        assert!(!s.accept(76, 9, || panic!("delivered")));
+        // The peer restarted: a new session starts over.
+        s.on_open(78, 1);
+        assert!(s.accept(78, 1, || {}));
+        assert_eq!(
+            s.stats().duplicates_dropped,
+            4,
+            "three replays and one stale frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn full_outbox_refuses_without_a_path_and_waits_with_one() {
+        let s = Session::new(PeerId::random(), limits());
+        for n in 0..4 {
+            s.send(publish(n)).await.unwrap();
+        }
+        assert_eq!(s.send(publish(9)).await, Err(SendError::Full));
+        let (g, _) = s.attach(
+            ConnectionId::new_unchecked(1),
+            Frame::State(Default::default()),
+        );
+        let sender = {
+            let s = s.clone();
+            tokio::spawn(async move { s.send(publish(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !sender.is_finished(),
+            "a sender waits for room while a path exists"
+        );
+        batch(&s, g);
+        s.on_ack(s.id, 2);
+        assert_eq!(sender.await.unwrap(), Ok(()));
+        assert_eq!(s.stats().unacked, 3);
+        s.close();
+        assert_eq!(s.send(publish(1)).await, Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn late_acks_are_reported_once_per_path() {
+        let s = Session::new(PeerId::random(), limits());
+        let (g, _) = s.attach(
+            ConnectionId::new_unchecked(1),
+            Frame::State(Default::default()),
+        );
+        s.send(publish(1)).await.unwrap();
+        batch(&s, g);
+        assert!(!s.ack_overdue(Duration::from_millis(30)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(s.ack_overdue(Duration::from_millis(30)));
+        assert!(!s.ack_overdue(Duration::from_millis(30)), "reported once");
+        s.attach(
+            ConnectionId::new_unchecked(2),
+            Frame::State(Default::default()),
+        );
+        assert!(!s.ack_overdue(Duration::from_millis(30)), "not yet resent");
+    }
+}
