@@ -64,8 +64,8 @@ pub enum ClientCommand {
     /// Create, share, join and leave meshes
     #[command(subcommand)]
     Mesh(MeshCommand),
-    /// List known and connected peers
-    Peers(JsonFlag),
+    /// List known members and connected peers with how each is reachable
+    Peers(PeersArgs),
     /// Publish a message
     Pub(PubArgs),
     /// Subscribe to a topic pattern and print `TOPIC PAYLOAD` lines as messages arrive
@@ -148,6 +148,17 @@ pub struct JsonFlag {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// `mesh-node peers`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PeersArgs {
+    /// Print JSON instead of text (with --watch: one JSON object per line)
+    #[arg(long)]
+    pub json: bool,
+    /// Keep running: print the peers, then one line per status change, until Ctrl-C
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `mesh-node pub`.

@@ -2,17 +2,18 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use futures::{SinkExt, StreamExt};
 use reqwest::{header::AUTHORIZATION, Method, StatusCode, Url};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    tungstenite::{self, client::IntoClientRequest, http::HeaderValue},
+    tungstenite::{self, client::IntoClientRequest, http::HeaderValue, Message as WsMessage},
     MaybeTlsStream, WebSocketStream,
 };
 
 use crate::{
     cli::GlobalArgs,
-    proto::ErrorBody,
+    proto::{ErrorBody, WatchFrame},
     token::{read_token, token_path, TokenError},
 };
 
@@ -135,13 +136,15 @@ impl Client {
         check(response).await.map(drop)
     }
 
-    /// Opens the WebSocket route `/v1/<route>?<query>`.
+    /// Opens the WebSocket route `/v1/<route>?<query>` (`route` may have
+    /// several `/`-separated segments, e.g. `peers/watch`).
     pub async fn websocket(
         &self,
         route: &str,
         query: &[(&str, &str)],
     ) -> Result<Socket, ClientError> {
-        let mut url = self.url(&[route])?;
+        let segments: Vec<&str> = route.split('/').collect();
+        let mut url = self.url(&segments)?;
         url.query_pairs_mut().extend_pairs(query);
         url.set_scheme("ws")
             .map_err(|()| ClientError::Protocol(format!("cannot make a ws URL of {url}")))?;
@@ -164,6 +167,13 @@ impl Client {
             }
             Err(e) => Err(ClientError::WebSocket(e.to_string())),
         }
+    }
+
+    /// Opens `GET /v1/peers/watch`: the peers, then their status changes.
+    pub async fn watch_peers(&self) -> Result<PeerWatch, ClientError> {
+        Ok(PeerWatch {
+            socket: self.websocket("peers/watch", &[]).await?,
+        })
     }
 
     async fn send<B: Serialize>(
@@ -205,6 +215,35 @@ impl Client {
             .push("v1")
             .extend(segments);
         Ok(url)
+    }
+}
+
+/// An open `GET /v1/peers/watch` socket.
+pub struct PeerWatch {
+    socket: Socket,
+}
+
+impl PeerWatch {
+    /// The next frame, parsed and as the JSON text the daemon sent; `None`
+    /// once the daemon closed the socket.
+    pub async fn next(&mut self) -> Result<Option<(WatchFrame, String)>, ClientError> {
+        while let Some(message) = self.socket.next().await {
+            let text = match message.map_err(|e| ClientError::WebSocket(e.to_string()))? {
+                WsMessage::Text(text) => text.as_str().to_owned(),
+                WsMessage::Close(_) => break,
+                _ => continue,
+            };
+            let frame = serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("bad peer watch frame: {e}")))?;
+            return Ok(Some((frame, text)));
+        }
+        Ok(None)
+    }
+
+    /// Closes the socket politely.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+        let _ = self.socket.flush().await;
     }
 }
 

@@ -1,12 +1,15 @@
 //! How the CLI prints things: pure formatting functions, no I/O.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atmosphere::{MeshInfo, PeerInfo, Status};
+use atmosphere::{MemberStatus, MeshInfo, PathStatus, PeerInfo, Status};
 use qrcode::{render::unicode::Dense1x2, QrCode};
 use serde_json::Value;
 
-use crate::proto::{encode_base64, MessageJson};
+use crate::proto::{encode_base64, MessageJson, PeerEventJson};
+
+/// Offline members last seen longer ago than this show a timestamp instead.
+const AGO_LIMIT_SECS: u64 = 24 * 3600;
 
 /// An RPC result as one JSON text: the bytes themselves if they are JSON,
 /// else a JSON string if they are UTF-8, else `{"base64": "…"}`.
@@ -74,6 +77,15 @@ pub fn status_text(status: &Status) -> String {
         "peers:         {} connected",
         status.connected_peers
     ));
+    push_list(&mut out, "paths:", &paths_table(&status.paths));
+    out.push(format!(
+        "retransmitted: {} frames (sent again on a new path)",
+        status.retransmitted
+    ));
+    out.push(format!(
+        "duplicates:    {} frames dropped",
+        status.duplicates_dropped
+    ));
     push_list(&mut out, "subscriptions:", &status.subscriptions);
     push_list(&mut out, "registrations:", &status.registrations);
     out.join("\n")
@@ -99,8 +111,8 @@ pub fn meshes_table(meshes: &[MeshInfo]) -> String {
     table(&["ID", "NAME", "ROLE", "MEMBERS", "CONNECTED"], rows)
 }
 
-/// Peers as a table.
-pub fn peers_table(peers: &[PeerInfo]) -> String {
+/// Peers as a table; `now_ms` (Unix ms) dates how long ago offline ones were seen.
+pub fn peers_table(peers: &[PeerInfo], now_ms: u64) -> String {
     if peers.is_empty() {
         return "no peers".to_owned();
     }
@@ -110,22 +122,182 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
             vec![
                 p.peer_id.clone(),
                 p.name.clone().unwrap_or_else(|| "-".to_owned()),
-                if p.connected { "connected" } else { "offline" }.to_owned(),
-                p.rtt_ms
-                    .map(|rtt| format!("{rtt:.1} ms"))
-                    .unwrap_or_else(|| "-".to_owned()),
-                p.meshes.join(","),
-                p.addresses
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "-".to_owned()),
+                member_status(&p.status, now_ms),
+                p.paths.len().to_string(),
+                or_dash(p.meshes.join(",")),
+                peer_address(p),
             ]
         })
         .collect();
     table(
-        &["PEER ID", "NAME", "STATUS", "RTT", "MESHES", "ADDRESS"],
+        &["PEER ID", "NAME", "STATUS", "PATHS", "MESHES", "ADDRESS"],
         rows,
     )
+}
+
+/// How a member is reachable: `direct lan 0.4 ms`, `relayed via …x1y2z3w4`,
+/// `offline since 5m ago`.
+pub fn member_status(status: &MemberStatus, now_ms: u64) -> String {
+    match status {
+        MemberStatus::Direct { class, rtt_ms } => {
+            let mut text = "direct".to_owned();
+            // `direct direct` would say nothing more.
+            if class != "direct" {
+                text.push(' ');
+                text.push_str(class);
+            }
+            if let Some(rtt) = rtt_ms {
+                text.push(' ');
+                text.push_str(&millis(*rtt));
+            }
+            text
+        }
+        MemberStatus::Relayed { via: Some(via) } => format!("relayed via {}", short_peer(via)),
+        MemberStatus::Relayed { via: None } => "relayed".to_owned(),
+        MemberStatus::Offline {
+            last_seen_ms: Some(seen),
+        } => format!("offline since {}", since(*seen, now_ms)),
+        MemberStatus::Offline { last_seen_ms: None } => "offline".to_owned(),
+    }
+}
+
+/// One `peers --watch` line: `TIME  PEER  NAME  STATUS[  FROM → TO (REASON)]`.
+pub fn peer_event_line(event: &PeerEventJson) -> String {
+    // The line's time says when; offline needs no "since".
+    let status = match &event.status {
+        MemberStatus::Offline { .. } => "offline".to_owned(),
+        status => member_status(status, event.at_ms),
+    };
+    let mut line = format!(
+        "{}  {}  {}  {}",
+        timestamp(event.at_ms),
+        short_peer(&event.peer_id),
+        event.name.as_deref().unwrap_or("-"),
+        status
+    );
+    if let Some(switch) = &event.switch {
+        line.push_str(&format!(
+            "  {} → {} ({})",
+            switch.from.as_deref().unwrap_or("none"),
+            switch.to.as_deref().unwrap_or("none"),
+            switch.reason
+        ));
+    }
+    line
+}
+
+/// Open paths as table lines (empty when there are none).
+pub fn paths_table(paths: &[PathStatus]) -> Vec<String> {
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let rows = paths
+        .iter()
+        .map(|p| {
+            vec![
+                short_peer(&p.peer_id),
+                p.class.clone(),
+                p.role.clone(),
+                p.rtt_ms.map(millis).unwrap_or_else(|| "-".to_owned()),
+                format!("{:.0}%", f64::from(p.loss) * 100.0),
+                if p.healthy { "healthy" } else { "dead" }.to_owned(),
+                humantime::format_duration(Duration::from_millis(p.heartbeat_ms)).to_string(),
+                bytes(p.app_bytes_sent),
+                bytes(p.app_bytes_received),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PEER",
+            "CLASS",
+            "ROLE",
+            "RTT",
+            "LOSS",
+            "HEALTH",
+            "HEARTBEAT",
+            "SENT",
+            "RECEIVED",
+        ],
+        rows,
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The tail of a peer id, enough to tell members apart: `…x1y2z3w4`.
+pub fn short_peer(peer_id: &str) -> String {
+    let chars: Vec<char> = peer_id.chars().collect();
+    if chars.len() <= 10 {
+        return peer_id.to_owned();
+    }
+    let tail: String = chars[chars.len() - 8..].iter().collect();
+    format!("…{tail}")
+}
+
+/// The current time in Unix ms.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Unix ms as an RFC 3339 UTC timestamp to the second.
+fn timestamp(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+/// `12s ago`, `5m ago`, `3h ago`; a timestamp beyond a day.
+fn since(unix_ms: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(unix_ms) / 1000;
+    match secs {
+        0 => "just now".to_owned(),
+        1..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..AGO_LIMIT_SECS => format!("{}h {}m ago", secs / 3600, secs % 3600 / 60),
+        _ => timestamp(unix_ms),
+    }
+}
+
+/// `0.4 ms`, `12.3 ms`.
+fn millis(ms: f64) -> String {
+    format!("{ms:.1} ms")
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 MiB`, `1.0 GiB`.
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if count < 1024 {
+        return format!("{count} B");
+    }
+    let mut value = count as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The active path's address, else any path's, else a known address.
+fn peer_address(peer: &PeerInfo) -> String {
+    peer.paths
+        .iter()
+        .find(|p| p.role == "active")
+        .or_else(|| peer.paths.first())
+        .map(|p| p.remote_addr.clone())
+        .or_else(|| peer.addresses.first().cloned())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// `text`, or `-` when it is empty.
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text
+    }
 }
 
 /// The URI as a QR code drawn with Unicode half blocks.
@@ -220,6 +392,154 @@ mod tests {
             ],
         );
         assert_eq!(text, "A     BB\nlong  x\ns     y");
+    }
+
+    fn path(role: &str, healthy: bool) -> PathStatus {
+        PathStatus {
+            peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+            connection: 3,
+            class: "lan".into(),
+            remote_addr: "/ip4/192.168.1.20/tcp/11451".into(),
+            role: role.into(),
+            rtt_ms: Some(0.42),
+            loss: 0.25,
+            healthy,
+            heartbeat_ms: 1000,
+            app_bytes_sent: 1536,
+            app_bytes_received: 12,
+        }
+    }
+
+    #[test]
+    fn member_statuses() {
+        let now = 10_000_000;
+        let direct = |class: &str| MemberStatus::Direct {
+            class: class.into(),
+            rtt_ms: Some(0.42),
+        };
+        assert_eq!(member_status(&direct("lan"), now), "direct lan 0.4 ms");
+        assert_eq!(member_status(&direct("direct"), now), "direct 0.4 ms");
+        let relayed = MemberStatus::Relayed {
+            via: Some("12D3KooWAbCdEfGhIjKlMnOp".into()),
+        };
+        assert_eq!(member_status(&relayed, now), "relayed via …IjKlMnOp");
+        let offline = |ago_ms: u64| MemberStatus::Offline {
+            last_seen_ms: Some(now - ago_ms),
+        };
+        assert_eq!(
+            member_status(&offline(12_000), now),
+            "offline since 12s ago"
+        );
+        assert_eq!(
+            member_status(&offline(300_000), now),
+            "offline since 5m ago"
+        );
+        assert_eq!(
+            member_status(&offline(3_900_000), now),
+            "offline since 1h 5m ago"
+        );
+        assert_eq!(
+            member_status(
+                &MemberStatus::Offline {
+                    last_seen_ms: Some(0)
+                },
+                3 * 86_400_000
+            ),
+            "offline since 1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            member_status(&MemberStatus::Offline { last_seen_ms: None }, now),
+            "offline"
+        );
+    }
+
+    #[test]
+    fn event_lines() {
+        let event = PeerEventJson {
+            peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+            name: Some("laptop".into()),
+            status: MemberStatus::Direct {
+                class: "lan".into(),
+                rtt_ms: None,
+            },
+            switch: Some(atmosphere::PathSwitch {
+                from: Some("relayed".into()),
+                to: Some("lan".into()),
+                reason: "better".into(),
+            }),
+            at_ms: 1_000,
+        };
+        assert_eq!(
+            peer_event_line(&event),
+            "1970-01-01T00:00:01Z  …IjKlMnOp  laptop  direct lan  relayed → lan (better)"
+        );
+        let offline = PeerEventJson {
+            status: MemberStatus::Offline {
+                last_seen_ms: Some(900),
+            },
+            switch: None,
+            name: None,
+            ..event
+        };
+        assert_eq!(
+            peer_event_line(&offline),
+            "1970-01-01T00:00:01Z  …IjKlMnOp  -  offline"
+        );
+    }
+
+    #[test]
+    fn peer_rows_show_status_and_active_address() {
+        let peer = PeerInfo {
+            peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+            name: Some("laptop".into()),
+            connected: true,
+            meshes: vec!["home".into()],
+            addresses: vec!["/ip4/10.0.0.1/tcp/1".into()],
+            subscriptions: Vec::new(),
+            registrations: Vec::new(),
+            rtt_ms: Some(0.42),
+            last_seen: None,
+            status: MemberStatus::Direct {
+                class: "lan".into(),
+                rtt_ms: Some(0.42),
+            },
+            paths: vec![path("standby", true), path("active", true)],
+        };
+        let text = peers_table(&[peer], 0);
+        let row = text.lines().nth(1).unwrap_or_default();
+        assert!(row.contains("direct lan 0.4 ms"), "{text}");
+        assert!(row.contains("/ip4/192.168.1.20/tcp/11451"), "{text}");
+        assert!(row.contains("  2  "), "{text}");
+    }
+
+    #[test]
+    fn path_lines() {
+        let lines = paths_table(&[path("active", true), path("standby", false)]);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("PEER"), "{lines:?}");
+        for expected in [
+            "…IjKlMnOp",
+            "lan",
+            "active",
+            "0.4 ms",
+            "25%",
+            "healthy",
+            "1s",
+            "1.5 KiB",
+            "12 B",
+        ] {
+            assert!(lines[1].contains(expected), "{expected}: {lines:?}");
+        }
+        assert!(lines[2].contains("dead"), "{lines:?}");
+        assert!(paths_table(&[]).is_empty());
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
     }
 
     #[test]

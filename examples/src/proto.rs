@@ -162,6 +162,54 @@ impl MessageJson {
     }
 }
 
+/// Frames the daemon sends on `GET /v1/peers/watch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchFrame {
+    /// Every known member and connected peer, as `GET /v1/peers` returns
+    /// them: always the first frame, and again right after `lagged`.
+    Peers {
+        /// The peers.
+        peers: Vec<atmosphere::PeerInfo>,
+    },
+    /// A member's reachability changed.
+    Event(PeerEventJson),
+    /// The socket fell behind and `missed` events were dropped; a fresh
+    /// `peers` frame follows.
+    Lagged {
+        /// How many events were lost.
+        missed: u64,
+    },
+}
+
+/// A [`atmosphere::PeerEvent`] as JSON, with the peer's name when known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerEventJson {
+    /// The member's peer id.
+    pub peer_id: String,
+    /// The name it announced, if known.
+    pub name: Option<String>,
+    /// Its status after the change.
+    pub status: atmosphere::MemberStatus,
+    /// The path switch, if this event is one (`null` otherwise).
+    pub switch: Option<atmosphere::PathSwitch>,
+    /// Unix ms of the change (the daemon's clock).
+    pub at_ms: u64,
+}
+
+impl PeerEventJson {
+    /// Converts an event, adding `name`.
+    pub fn from_event(event: atmosphere::PeerEvent, name: Option<String>) -> Self {
+        Self {
+            peer_id: event.peer_id,
+            name,
+            status: event.status,
+            switch: event.switch,
+            at_ms: event.at_ms,
+        }
+    }
+}
+
 /// Frames the daemon sends on `GET /v1/register`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -257,8 +305,45 @@ mod tests {
         };
         let text = serde_json::to_string(&frame).unwrap_or_default();
         assert_eq!(text, r#"{"type":"subscribed","pattern":"a.*"}"#);
+        let lagged = serde_json::to_string(&WatchFrame::Lagged { missed: 7 }).unwrap_or_default();
+        assert_eq!(lagged, r#"{"type":"lagged","missed":7}"#);
         let reply: ReplyFrame = serde_json::from_str(r#"{"id":3,"result":42}"#).unwrap_or_default();
         assert_eq!(reply.id, 3);
         assert_eq!(reply.result, Some(serde_json::json!(42)));
+    }
+
+    #[test]
+    fn watch_events_round_trip() {
+        let event = WatchFrame::Event(PeerEventJson::from_event(
+            atmosphere::PeerEvent {
+                peer_id: "12D3KooWpeer".into(),
+                status: atmosphere::MemberStatus::Direct {
+                    class: "lan".into(),
+                    rtt_ms: Some(0.4),
+                },
+                switch: Some(atmosphere::PathSwitch {
+                    from: None,
+                    to: Some("lan".into()),
+                    reason: "established".into(),
+                }),
+                at_ms: 5,
+            },
+            Some("laptop".into()),
+        ));
+        let value = serde_json::to_value(&event).unwrap_or_default();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "type": "event", "peer_id": "12D3KooWpeer", "name": "laptop",
+                "status": {"kind": "direct", "class": "lan", "rtt_ms": 0.4},
+                "switch": {"from": null, "to": "lan", "reason": "established"},
+                "at_ms": 5
+            })
+        );
+        let back: Result<WatchFrame, _> = serde_json::from_value(value);
+        assert!(
+            matches!(back, Ok(WatchFrame::Event(e)) if e.name.as_deref() == Some("laptop")),
+            "event frames parse back"
+        );
     }
 }

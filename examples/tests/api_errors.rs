@@ -79,6 +79,7 @@ async fn api_requires_the_token_and_bounds_payloads() {
         http.get(format!("{base}/v1/status")),
         http.get(format!("{base}/v1/status")).bearer_auth("wrong"),
         http.get(format!("{base}/v1/subscribe?pattern=a.b")),
+        http.get(format!("{base}/v1/peers/watch")),
         http.post(format!("{base}/v1/publish"))
             .json(&serde_json::json!({"topic": "a.b", "payload": "x"})),
     ] {

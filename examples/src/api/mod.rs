@@ -1,10 +1,11 @@
-//! The local API server: REST routes under `/v1/` and two WebSocket routes,
+//! The local API server: REST routes under `/v1/` and three WebSocket routes,
 //! all behind the bearer token. See `docs/local-api.md`.
 
 mod auth;
 mod error;
 mod routes;
 mod ws;
+mod ws_peers;
 mod ws_register;
 mod ws_subscribe;
 
@@ -71,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/status", get(routes::status))
         .route("/v1/peers", get(routes::peers))
+        .route("/v1/peers/watch", get(ws_peers::watch))
         .route(
             "/v1/meshes",
             get(routes::list_meshes).post(routes::create_mesh),

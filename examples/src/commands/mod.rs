@@ -22,7 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let client = Client::connect(&global).await?;
     match command {
         ClientCommand::Mesh(command) => mesh::run(&client, command).await,
-        ClientCommand::Peers(flag) => info::peers(&client, flag.json).await,
+        ClientCommand::Peers(args) => info::peers(&client, args).await,
         ClientCommand::Status(flag) => info::status(&client, flag.json).await,
         ClientCommand::Pub(args) => pubsub::publish(&client, args).await,
         ClientCommand::Sub(args) => pubsub::subscribe(&client, args).await,

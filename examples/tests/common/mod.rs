@@ -201,6 +201,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills it outright (SIGKILL): no goodbye to its peers.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops it gracefully (SIGTERM), killing it if it takes over 10 s.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -226,12 +234,14 @@ impl Drop for Daemon {
     }
 }
 
-/// A long-running CLI process whose stderr lines are collected as they come;
+/// A long-running CLI process whose stderr lines are collected as they come
+/// (and its stdout lines too, once [`Background::wait_stdout`] is used);
 /// killed when dropped.
 pub struct Background {
     child: Child,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    stdout_lines: Option<mpsc::Receiver<String>>,
 }
 
 impl Background {
@@ -256,7 +266,44 @@ impl Background {
             child,
             stderr_lines: rx,
             stderr_seen: Vec::new(),
+            stdout_lines: None,
         }
+    }
+
+    /// Waits until a stdout line satisfies `found` and returns it; panics
+    /// after `timeout` with the stdout seen so far. Lines read are consumed.
+    #[track_caller]
+    pub fn wait_stdout(&mut self, timeout: Duration, found: impl Fn(&str) -> bool) -> String {
+        if self.stdout_lines.is_none() {
+            let (tx, rx) = mpsc::channel();
+            if let Some(stdout) = self.child.stdout.take() {
+                thread::spawn(move || {
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            self.stdout_lines = Some(rx);
+        }
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + timeout;
+        if let Some(lines) = &self.stdout_lines {
+            while Instant::now() < deadline {
+                match lines.recv_timeout(Duration::from_millis(200)) {
+                    Ok(line) if found(&line) => return line,
+                    Ok(line) => seen.push(line),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        panic!(
+            "no matching stdout line within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+            seen.join("\n"),
+            self.stderr_seen.join("\n")
+        );
     }
 
     /// Waits until a stderr line contains `needle`; panics after [`READY_TIMEOUT`].
@@ -280,6 +327,14 @@ impl Background {
             "no stderr line with {needle:?}; stderr so far:\n{}",
             self.stderr_seen.join("\n")
         );
+    }
+
+    /// Sends it SIGINT (what Ctrl-C does).
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Whether it has exited.
