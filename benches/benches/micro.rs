@@ -45,6 +45,7 @@ fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame-cbor");
     for size in [64usize, 1024, 64 * 1024] {
         let frame = Frame::Publish {
+            seq: 1,
             topic: "home.kitchen.temp".into(),
             payload: Bytes::from(vec![7u8; size]),
             ts: 1_732_190_000_000,

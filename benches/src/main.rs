@@ -2,6 +2,7 @@
 //! iperf3, measured in one run on one machine. See `docs/performance.md`.
 
 mod contender;
+mod failover;
 mod multi;
 mod ours;
 mod peers;
@@ -118,7 +119,6 @@ async fn main() -> Result<()> {
     };
     let run = |s| Scenario::selected(&cli.scenarios, s);
     for (scenario, issue) in [
-        (Scenario::Failover, "the connection-train issue"),
         (Scenario::Nat, "the anywhere-connectivity issue"),
         (Scenario::Ble, "the BLE issue"),
     ] {
@@ -180,6 +180,17 @@ async fn main() -> Result<()> {
                     reason: format!("{e:#}"),
                 }),
             }
+        }
+    }
+    if run(Scenario::Failover) {
+        let cuts = if cli.quick { 10 } else { 12 };
+        eprintln!("failover: {cuts} link cuts in the network lab…");
+        match failover::failover(cuts).await {
+            Ok(rows) => report.rows.extend(rows),
+            Err(e) => report.skipped.push(Skipped {
+                system: "atmosphere failover".into(),
+                reason: format!("{e:#}"),
+            }),
         }
     }
     report.compute_ratios();
