@@ -153,10 +153,14 @@ pub(crate) async fn run_reader(
                             let _ = commands.send(Command::Misbehaved { peer, reason }).await;
                             break;
                         };
-                        if session.accept(link_session, seq, || {
+                        session.accept(link_session, seq, || {
                             dispatch(peer, frame, &shared, &session)
-                        }) {
-                            session.request_ack();
+                        });
+                        // Duplicates are acknowledged again too: the
+                        // sender may have missed our earlier ack.
+                        session.request_ack();
+                        if session.is_closed() {
+                            break;
                         }
                     }
                 }
@@ -182,6 +186,13 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(
         Ok(false) => Ok(None),
         Err(protocol::FrameError::Io(error)) => {
             tracing::debug!(%error, "link reader stopped");
+            Ok(None)
+        }
+        // A connection torn down mid-frame (peer killed, path closed while a
+        // batch was in flight) ends the stream early: not misbehaviour. The
+        // sender replays whatever we did not acknowledge.
+        Err(protocol::FrameError::Truncated) => {
+            tracing::debug!("link stream ended inside a frame");
             Ok(None)
         }
         Err(error) => Err(error.to_string()),

@@ -71,6 +71,7 @@ impl NodeBuilder {
         let outbox = OutboxLimits {
             frames: config.outbox_frames,
             bytes: config.outbox_bytes,
+            max_payload: config.max_payload,
         };
         let shared = Arc::new(Shared::new(
             peer_id,

@@ -21,7 +21,7 @@ use atmosphere_behaviours::pattern::validate_topic;
 
 use crate::{
     error::RpcError,
-    session::Session,
+    session::{SendError, Session},
     shared::{lock, read, PendingCall, Shared},
     types::{CallOptions, Request},
     wire::{CallResult, Frame},
@@ -170,11 +170,12 @@ pub(crate) fn serve(
     let allowed = read(&shared.remotes)
         .get(&caller)
         .is_some_and(|r| r.acl.may_call(&uri));
+    // Refusals are queued only if the outbox has room now: a caller that
+    // floods requests and never acknowledges cannot pile up reply tasks.
     let respond = |result: CallResult| {
-        let reply = reply.clone();
-        tokio::spawn(async move {
-            let _ = reply.send(Frame::Response { seq: 0, id, result }).await;
-        });
+        if let Err(error) = reply.try_send(Frame::Response { seq: 0, id, result }) {
+            tracing::debug!(%caller, %error, "refusal not sent");
+        }
     };
     if !allowed {
         respond(CallResult::Denied(format!(
@@ -192,8 +193,21 @@ pub(crate) fn serve(
     };
     tokio::spawn(async move {
         let result = to_wire(handler.call(Request { uri, args, caller }).await);
+        // The handler slot is held until the answer is queued, so a caller
+        // that stops acknowledging ends up refused with `Busy`.
+        let answer = Frame::Response { seq: 0, id, result };
+        if let Err(SendError::TooLarge(max)) = reply.send(answer).await {
+            let _ = reply
+                .send(Frame::Response {
+                    seq: 0,
+                    id,
+                    result: CallResult::Remote(format!(
+                        "the handler's answer exceeds the payload limit of {max} bytes"
+                    )),
+                })
+                .await;
+        }
         drop(permit);
-        let _ = reply.send(Frame::Response { seq: 0, id, result }).await;
     });
 }
 

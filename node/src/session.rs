@@ -48,6 +48,9 @@ pub(crate) struct OutboxLimits {
     /// Most unacknowledged payload bytes (a single larger frame is still
     /// accepted into an empty outbox).
     pub bytes: usize,
+    /// Largest payload of one frame (`Config::max_payload`); larger frames
+    /// are refused, since no peer would accept them.
+    pub max_payload: usize,
 }
 
 /// Why a frame could not be queued.
@@ -59,6 +62,12 @@ pub(crate) enum SendError {
     /// The session ended (the peer was forgotten or misbehaved).
     #[error("the session with the peer ended")]
     Closed,
+    /// The frame's payload exceeds the payload limit.
+    #[error("the payload exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    /// The outbox is full (only from [`Session::try_send`]).
+    #[error("the peer's outbox is full")]
+    Busy,
 }
 
 /// What the writer of a path should do next.
@@ -107,7 +116,14 @@ struct Outbound {
 struct Inbound {
     remote_session: Option<u64>,
     next_expected: u64,
+    /// Sessions of the peer seen before the current one (a stale `Open`
+    /// from an old stream must not switch back to them).
+    retired: VecDeque<u64>,
+    closed: bool,
 }
+
+/// Old peer session ids remembered per session.
+const MAX_RETIRED_SESSIONS: usize = 8;
 
 /// Counters of one session.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,14 +143,14 @@ pub(crate) struct Session {
     /// Senders waiting for room in the outbox.
     room: Notify,
     inbound: Mutex<Inbound>,
-    /// The peer's session id and the highest number delivered, for acks.
-    ack_session: AtomicU64,
-    ack_upto: AtomicU64,
     ack_due: AtomicBool,
     retransmitted: AtomicU64,
     duplicates: AtomicU64,
     refused_full: AtomicU64,
 }
+
+/// Room for a topic or URI beside the payload in the size check.
+const MAX_NAME_OVERHEAD: usize = 1024;
 
 /// A frame's size for the byte bound: its payload.
 fn payload_len(frame: &Frame) -> usize {
@@ -173,9 +189,9 @@ impl Session {
             inbound: Mutex::new(Inbound {
                 remote_session: None,
                 next_expected: 0,
+                retired: VecDeque::new(),
+                closed: false,
             }),
-            ack_session: AtomicU64::new(0),
-            ack_upto: AtomicU64::new(0),
             ack_due: AtomicBool::new(false),
             retransmitted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -191,7 +207,23 @@ impl Session {
     /// Queues a sequenced frame (its `seq` is assigned here). Waits for room
     /// while a path exists; fails at once when none does and the outbox is full.
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
+        self.send_inner(frame, true).await
+    }
+
+    /// Queues a sequenced frame only if there is room now; never waits.
+    pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        use futures::FutureExt;
+        match self.send_inner(frame, false).now_or_never() {
+            Some(result) => result,
+            None => Err(SendError::Busy),
+        }
+    }
+
+    async fn send_inner(&self, frame: Frame, wait: bool) -> Result<(), SendError> {
         let size = payload_len(&frame);
+        if size > self.limits.max_payload + MAX_NAME_OVERHEAD {
+            return Err(SendError::TooLarge(self.limits.max_payload));
+        }
         let mut frame = Some(frame);
         loop {
             let notified = self.room.notified();
@@ -223,6 +255,8 @@ impl Session {
                 } else if out.writer.is_none() {
                     self.refused_full.fetch_add(1, Ordering::Relaxed);
                     return Err(SendError::Full);
+                } else if !wait {
+                    return Err(SendError::Busy);
                 } else {
                     notified.as_mut().enable();
                     None
@@ -278,7 +312,7 @@ impl Session {
         if let Some(previous) = previous {
             previous.notify.notify_one();
         }
-        self.ack_due.store(true, Ordering::Relaxed);
+        self.ack_due.store(true, Ordering::Release);
         notify.notify_one();
         (generation, notify)
     }
@@ -293,6 +327,27 @@ impl Session {
         {
             out.writer = None;
             drop(out);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// `connection` closed: if outbound frames used it, the session has no
+    /// path until a new one is attached (senders stop waiting for room).
+    pub fn detach_connection(&self, connection: ConnectionId) {
+        let writer = {
+            let mut out = lock(&self.out);
+            if out
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.connection == connection)
+            {
+                out.writer.take()
+            } else {
+                None
+            }
+        };
+        if let Some(writer) = writer {
+            writer.notify.notify_one();
             self.room.notify_waiters();
         }
     }
@@ -332,16 +387,16 @@ impl Session {
             );
             frames += 1;
         }
-        if self.ack_due.swap(false, Ordering::Relaxed) {
-            let upto = self.ack_upto.load(Ordering::Relaxed);
-            if upto > 0 {
-                push(
-                    buf,
-                    &Frame::Ack {
-                        session: self.ack_session.load(Ordering::Relaxed),
-                        upto,
-                    },
-                );
+        if self.ack_due.swap(false, Ordering::AcqRel) {
+            // Lock order: `out`, then `inbound` (never the reverse).
+            let ack = {
+                let inbound = lock(&self.inbound);
+                inbound
+                    .remote_session
+                    .map(|session| (session, inbound.next_expected.saturating_sub(1)))
+            };
+            if let Some((session, upto)) = ack.filter(|(_, upto)| *upto > 0) {
+                push(buf, &Frame::Ack { session, upto });
                 frames += 1;
             }
         }
@@ -426,44 +481,57 @@ impl Session {
 
     /// A link from the peer announced `session` starting at `first_seq`.
     /// Returns true when that is a new session (the peer restarted, or this
-    /// is its first link): what we knew of its state is stale.
+    /// is its first link): what we knew of its state is stale. An `Open` of
+    /// a session the peer had before the current one is ignored (a late
+    /// stream of the old process).
     pub fn on_open(&self, session: u64, first_seq: u64) -> bool {
         let mut inbound = lock(&self.inbound);
-        if inbound.remote_session == Some(session) {
+        if inbound.remote_session == Some(session) || inbound.retired.contains(&session) {
             return false;
         }
-        inbound.remote_session = Some(session);
+        if let Some(old) = inbound.remote_session.replace(session) {
+            if inbound.retired.len() >= MAX_RETIRED_SESSIONS {
+                inbound.retired.pop_front();
+            }
+            inbound.retired.push_back(old);
+        }
         inbound.next_expected = first_seq;
-        self.ack_session.store(session, Ordering::Relaxed);
-        self.ack_upto
-            .store(first_seq.saturating_sub(1), Ordering::Relaxed);
         true
     }
 
     /// Delivers sequenced frame `seq` of `link_session` with `deliver` if it
     /// is new; returns false for a duplicate or a frame of an older session.
     /// Deliveries are serialised, so frames reach the app in order even when
-    /// two paths deliver at once.
+    /// two paths deliver at once. `deliver` must not block or send on this
+    /// session.
     pub fn accept(&self, link_session: u64, seq: u64, deliver: impl FnOnce()) -> bool {
+        let mut inbound = lock(&self.inbound);
+        // `u64::MAX` is never a valid number (a sender would need 2^64
+        // frames): refusing it keeps `next_expected` from saturating.
+        if inbound.closed
+            || inbound.remote_session != Some(link_session)
+            || seq < inbound.next_expected
+            || seq == u64::MAX
         {
-            let mut inbound = lock(&self.inbound);
-            if inbound.remote_session != Some(link_session) || seq < inbound.next_expected {
-                self.duplicates.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            if seq > inbound.next_expected {
-                tracing::warn!(peer = %self.peer, expected = inbound.next_expected, seq, "gap in the peer's session");
-            }
-            deliver();
-            inbound.next_expected = seq + 1;
-            self.ack_upto.store(seq, Ordering::Relaxed);
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        if seq > inbound.next_expected {
+            tracing::warn!(peer = %self.peer, expected = inbound.next_expected, seq, "gap in the peer's session");
+        }
+        deliver();
+        inbound.next_expected = seq.saturating_add(1);
         true
+    }
+
+    /// Whether the session ended (readers stop).
+    pub fn is_closed(&self) -> bool {
+        lock(&self.inbound).closed
     }
 
     /// Asks the writer to send an acknowledgement soon (coalesced).
     pub fn request_ack(&self) {
-        if !self.ack_due.swap(true, Ordering::Relaxed) {
+        if !self.ack_due.swap(true, Ordering::AcqRel) {
             let notify = lock(&self.out).writer.as_ref().map(|w| w.notify.clone());
             if let Some(notify) = notify {
                 notify.notify_one();
@@ -484,6 +552,7 @@ impl Session {
         if let Some(writer) = writer {
             writer.notify.notify_one();
         }
+        lock(&self.inbound).closed = true;
         self.room.notify_waiters();
     }
 
@@ -533,6 +602,7 @@ mod tests {
         OutboxLimits {
             frames: 4,
             bytes: 1 << 20,
+            max_payload: 1 << 16,
         }
     }
 
@@ -578,12 +648,19 @@ mod tests {
         // Frames of an unknown (older) session are dropped.
         assert!(!s.accept(76, 9, || panic!("delivered")));
         // The peer restarted: a new session starts over.
-        s.on_open(78, 1);
+        assert!(s.on_open(78, 1));
         assert!(s.accept(78, 1, || {}));
+        // A late stream of the old process cannot switch back.
+        assert!(!s.on_open(77, 9));
+        assert!(s.accept(78, 2, || {}));
+        // Huge numbers from the network do not overflow.
+        assert!(s.accept(78, u64::MAX - 1, || {}));
+        assert!(!s.accept(78, u64::MAX - 1, || {}));
+        assert!(!s.accept(78, u64::MAX, || {}));
         assert_eq!(
             s.stats().duplicates_dropped,
-            4,
-            "three replays and one stale frame"
+            6,
+            "three replays, one stale frame, one repeat, one impossible number"
         );
     }
 
@@ -611,8 +688,22 @@ mod tests {
         s.on_ack(s.id, 2);
         assert_eq!(sender.await.unwrap(), Ok(()));
         assert_eq!(s.stats().unacked, 3);
+        assert_eq!(s.try_send(publish(6)), Ok(()));
+        assert_eq!(
+            s.try_send(publish(7)),
+            Err(SendError::Busy),
+            "try_send never waits"
+        );
+        let huge = Frame::Publish {
+            seq: 0,
+            topic: "t".into(),
+            payload: Bytes::from(vec![0u8; (1 << 16) + 2048]),
+            ts: 0,
+        };
+        assert_eq!(s.try_send(huge), Err(SendError::TooLarge(1 << 16)));
         s.close();
         assert_eq!(s.send(publish(1)).await, Err(SendError::Closed));
+        assert!(s.is_closed());
     }
 
     #[tokio::test]

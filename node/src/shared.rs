@@ -196,12 +196,18 @@ impl Shared {
 
     /// Counts app bytes written on `connection`.
     pub fn count_path_sent(&self, connection: ConnectionId, bytes: usize) {
-        lock(&self.path_traffic).entry(connection).or_default().0 += bytes as u64;
+        // Entries exist from establishment to close only (no re-creation by
+        // a writer or reader still draining a closed connection).
+        if let Some(entry) = lock(&self.path_traffic).get_mut(&connection) {
+            entry.0 += bytes as u64;
+        }
     }
 
     /// Counts app bytes read on `connection`.
     pub fn count_path_received(&self, connection: ConnectionId, bytes: usize) {
-        lock(&self.path_traffic).entry(connection).or_default().1 += bytes as u64;
+        if let Some(entry) = lock(&self.path_traffic).get_mut(&connection) {
+            entry.1 += bytes as u64;
+        }
     }
 
     /// App bytes (sent, received) on `connection`.
@@ -274,7 +280,8 @@ impl Shared {
 
     /// Forgets a member: ends its session and fails its outstanding calls.
     pub fn remove_remote(&self, peer: &PeerId) {
-        if let Some(remote) = write(&self.remotes).remove(peer) {
+        let removed = write(&self.remotes).remove(peer);
+        if let Some(remote) = removed {
             remote.session.close();
         }
         let failed: Vec<PendingCall> = {

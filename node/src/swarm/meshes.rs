@@ -302,6 +302,7 @@ impl Runtime {
                 reply,
                 deadline: Instant::now() + JOIN_TIMEOUT,
                 deferred: stale.then(|| (request.clone(), addrs.clone())),
+                admitted: None,
             },
         );
         if stale {
@@ -441,14 +442,22 @@ impl Runtime {
             Ok(_) => tracing::info!(mesh = %id, %peer, "joined mesh"),
             Err(e) => tracing::warn!(mesh = %id, error = %e, "joined but could not save the mesh"),
         }
-        if let Some(join) = self.joins.remove(&peer) {
-            if join.mesh == id {
-                let _ = join.reply.send(result);
-            } else {
-                let _ = join
-                    .reply
-                    .send(Err(Error::Join("admitted to another mesh".into())));
+        match self.joins.get_mut(&peer) {
+            Some(join) if join.mesh == id && result.is_ok() => {
+                // Answered once the founder is verified (see `on_verified`).
+                join.admitted = result.ok();
             }
+            Some(_) => {
+                if let Some(join) = self.joins.remove(&peer) {
+                    let answer = if join.mesh == id {
+                        result
+                    } else {
+                        Err(Error::Join("admitted to another mesh".into()))
+                    };
+                    let _ = join.reply.send(answer);
+                }
+            }
+            None => {}
         }
     }
 

@@ -18,7 +18,7 @@ use libp2p::{
     gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash},
     identify,
     identity::Keypair,
-    mdns,
+    kad, mdns,
     swarm::{dial_opts::DialOpts, dial_opts::PeerCondition, ConnectionId, SwarmEvent},
     Multiaddr, PeerId, Stream, Swarm,
 };
@@ -135,6 +135,9 @@ struct PendingJoin {
     deadline: Instant,
     /// A join waiting for a stale connection to the peer to close first.
     deferred: Option<(JoinRequest, Vec<Multiaddr>)>,
+    /// Admitted and saved: the answer goes out once the founder is verified
+    /// (and saved as a member, so that a restart finds it), or at the deadline.
+    admitted: Option<MeshInfo>,
 }
 
 /// A member heard of (connected or not).
@@ -224,7 +227,9 @@ impl Runtime {
             heartbeat_samples: HashMap::new(),
             last_seen_ms: HashMap::new(),
             early_identify: HashMap::new(),
-            state_seq: 0,
+            // Seeded from the clock so that a restarted node's records rank above
+            // its previous process's, even ones still in flight.
+            state_seq: crate::pubsub::now_ms(),
             started: Instant::now(),
         };
         runtime.load_meshes()?;
@@ -339,6 +344,7 @@ impl Runtime {
                     .entry(peer_id)
                     .or_default()
                     .push((connection_id, endpoint));
+                crate::shared::lock(&self.shared.path_traffic).insert(connection_id, (0, 0));
                 self.tune_heartbeats(peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -371,6 +377,10 @@ impl Runtime {
         }
         self.heartbeat_intervals.remove(&connection);
         self.heartbeat_samples.remove(&connection);
+        if let Some(session) = self.shared.session(&peer) {
+            // A writer idle on this connection would never notice.
+            session.detach_connection(connection);
+        }
         crate::shared::lock(&self.shared.path_traffic).remove(&connection);
         if self.opening.get(&peer) == Some(&Some(connection)) {
             self.opening.remove(&peer);
@@ -429,6 +439,13 @@ impl Runtime {
                     self.maybe_dial(peer, vec![addr]);
                 }
             }
+            // Kademlia's addresses for a member are path candidates too.
+            MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) if read(&self.shared.remotes).contains_key(&peer) => {
+                let addrs: Vec<Multiaddr> = addresses.iter().cloned().collect();
+                self.add_candidates(peer, &addrs);
+            }
             MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
@@ -485,7 +502,10 @@ impl Runtime {
                 connection,
                 stream,
             } => {
-                if read(&self.shared.remotes).contains_key(&peer) {
+                if read(&self.shared.remotes)
+                    .get(&peer)
+                    .is_some_and(|r| r.connected)
+                {
                     self.spawn_reader(peer, connection, stream);
                 } else {
                     // Verification may still be under way; park the stream.
@@ -573,6 +593,18 @@ impl Runtime {
         }
         if let Some(info) = self.early_identify.remove(&peer) {
             self.on_identify(peer, info);
+        }
+        if self
+            .joins
+            .get(&peer)
+            .is_some_and(|j| j.admitted.is_some() && meshes.contains_key(&j.mesh))
+        {
+            if let Some(join) = self.joins.remove(&peer) {
+                let info = self.mesh_info(&join.mesh).ok().or(join.admitted);
+                let _ = join
+                    .reply
+                    .send(info.ok_or(Error::Join("the mesh vanished".into())));
+            }
         }
         for (connection, stream) in self.pending_inbound.remove(&peer).unwrap_or_default() {
             self.spawn_reader(peer, connection, stream);
@@ -742,6 +774,7 @@ impl Runtime {
     fn housekeeping(&mut self) {
         self.expire_joins();
         self.expire_outboxes();
+        self.repair_links();
         let traffic = self.shared.traffic.snapshot();
         let info = atmosphere_behaviours::heartbeat::LocalInfo {
             capabilities: vec!["pubsub".into(), "rpc".into()],
@@ -766,9 +799,15 @@ impl Runtime {
             .collect();
         for peer in expired {
             if let Some(join) = self.joins.remove(&peer) {
-                let _ = join.reply.send(Err(Error::Join(format!(
-                    "no answer from {peer} within {JOIN_TIMEOUT:?}"
-                ))));
+                let answer = match join.admitted {
+                    // Admitted, but the founder did not verify us in time:
+                    // the mesh is saved, reconnection takes over.
+                    Some(info) => Ok(info),
+                    None => Err(Error::Join(format!(
+                        "no answer from {peer} within {JOIN_TIMEOUT:?}"
+                    ))),
+                };
+                let _ = join.reply.send(answer);
             }
         }
     }
@@ -880,6 +919,7 @@ impl Runtime {
             paths: self
                 .connections
                 .keys()
+                .filter(|p| read(&self.shared.remotes).contains_key(p))
                 .flat_map(|p| self.path_statuses(p))
                 .collect(),
             retransmitted: sessions.iter().map(|s| s.retransmitted).sum(),
@@ -919,7 +959,10 @@ impl Runtime {
             let mut regs: Vec<String> = remote.registrations.iter().cloned().collect();
             regs.sort();
             info.registrations = regs;
-            info.rtt_ms = remote.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            info.rtt_ms = remote
+                .rtt
+                .filter(|_| remote.connected)
+                .map(|d| d.as_secs_f64() * 1000.0);
         }
         for info in by_peer.values_mut() {
             if let Ok(peer) = info.peer_id.parse::<PeerId>() {

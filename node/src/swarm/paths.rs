@@ -132,7 +132,12 @@ impl Runtime {
                         .session(&peer)
                         .and_then(|s| s.connection())
                         .is_some_and(|c| c == to.connection);
-                    if !on_it && read(&self.shared.remotes).contains_key(&peer) {
+                    // Only for a member verified on a live connection (a
+                    // returning member is re-verified first, in `on_verified`).
+                    let connected = read(&self.shared.remotes)
+                        .get(&peer)
+                        .is_some_and(|r| r.connected);
+                    if !on_it && connected {
                         self.open_link(peer);
                     }
                 }
@@ -145,8 +150,12 @@ impl Runtime {
                 self.publish_peer_event(peer, status, Some(switch));
             }
             train::Event::PeerStatus { peer, status } => {
-                if !matches!(status, PeerStatus::Offline { .. }) {
+                let member = read(&self.shared.remotes).contains_key(&peer);
+                if member && !matches!(status, PeerStatus::Offline { .. }) {
                     self.last_seen_ms.insert(peer, now_ms());
+                }
+                if !member {
+                    return;
                 }
                 self.publish_peer_event(peer, member_status(&status), None);
             }
@@ -225,15 +234,42 @@ impl Runtime {
     /// promotes the standby.
     pub(super) fn check_acks(&mut self) {
         let floor = Duration::from_millis(self.config.ack_timeout_floor_ms);
-        let overdue: Vec<PeerId> = read(&self.shared.remotes)
+        let overdue: Vec<(PeerId, Option<ConnectionId>)> = read(&self.shared.remotes)
             .iter()
             .filter(|(_, r)| r.connected && r.session.ack_overdue(floor))
-            .map(|(p, _)| *p)
+            .map(|(p, r)| (*p, r.session.connection()))
             .collect();
-        for peer in overdue {
-            tracing::info!(%peer, "acknowledgements late: trying another path");
-            self.swarm.behaviour_mut().train.ack_timeout(peer);
-            self.tune_heartbeats(peer);
+        for (peer, on) in overdue {
+            let active = self.swarm.behaviour().train.active(&peer);
+            if on.is_some() && on == active {
+                tracing::info!(%peer, "acknowledgements late: trying another path");
+                self.swarm.behaviour_mut().train.ack_timeout(peer);
+                self.tune_heartbeats(peer);
+            } else {
+                // The session lags behind the train: move it, don't blame
+                // the train's (new) active path.
+                self.open_link(peer);
+            }
+        }
+    }
+
+    /// Members whose session is not on the train's active path (a failed
+    /// stream open, a switch while detached) get a new stream. Runs every second.
+    pub(super) fn repair_links(&mut self) {
+        let lagging: Vec<PeerId> = read(&self.shared.remotes)
+            .iter()
+            .filter(|(_, r)| r.connected)
+            .map(|(p, r)| (*p, r.session.connection()))
+            .filter(|(p, on)| {
+                let active = self.swarm.behaviour().train.active(p);
+                active.is_some() && *on != active
+            })
+            .map(|(p, _)| p)
+            .collect();
+        for peer in lagging {
+            if !self.opening.contains_key(&peer) {
+                self.open_link(peer);
+            }
         }
     }
 
@@ -248,10 +284,19 @@ impl Runtime {
 
     /// Opens our app stream on the train's active connection to `peer`.
     pub(super) fn open_link(&mut self, peer: PeerId) {
-        let target = self.swarm.behaviour().train.active(&peer);
-        if target.is_some() && self.opening.get(&peer) == Some(&target) {
+        let Some(target) = self.swarm.behaviour().train.active(&peer) else {
+            // No path yet: `repair_links` opens one once the train has it.
+            return;
+        };
+        let already_on = self
+            .shared
+            .session(&peer)
+            .and_then(|s| s.connection())
+            .is_some_and(|c| c == target);
+        if already_on || self.opening.get(&peer) == Some(&Some(target)) {
             return;
         }
+        let target = Some(target);
         match self.swarm.behaviour_mut().channel.open_stream(peer, target) {
             Ok(_) => {
                 self.opening.insert(peer, target);
@@ -279,9 +324,7 @@ impl Runtime {
         if active.is_some_and(|a| a != connection) {
             // The train moved on while this stream was negotiated.
             drop(stream);
-            if !self.opening.contains_key(&peer) {
-                self.open_link(peer);
-            }
+            self.open_link(peer);
             return;
         }
         let Some(session) = self.shared.session(&peer) else {
@@ -354,7 +397,9 @@ impl Runtime {
         }
         let mut seen = std::collections::HashSet::new();
         addrs.retain(|a| seen.insert(a.clone()));
-        self.swarm.behaviour_mut().train.watch(peer, addrs);
+        self.swarm.behaviour_mut().train.watch(peer, addrs.clone());
+        // Saved endpoints are also path candidates (a better or standby path).
+        self.add_candidates(peer, &addrs);
     }
 
     /// Every open path, for `status`.
