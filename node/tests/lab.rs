@@ -335,7 +335,7 @@ async fn rpc_calls_survive_a_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_peer_goes_offline_quickly_and_comes_back() {
+async fn an_idle_peer_goes_offline_quickly_and_comes_back_with_its_outbox() {
     require_lab!();
     let lab = Lab::new().expect("lab");
     let ha = lab.add_host("a").expect("host a");
@@ -347,6 +347,17 @@ async fn an_idle_peer_goes_offline_quickly_and_comes_back() {
     let pa = a.node.peer_id();
     eventually("a is direct", || async {
         matches!(status(&b.node, pa).await, Some(MemberStatus::Direct { .. })).then_some(())
+    })
+    .await;
+    let mut sub = a.node.subscribe("lab.outbox").await.expect("subscribe");
+    eventually("b knows a's subscription", || async {
+        let peers = b.node.peers().await.ok()?;
+        peers
+            .iter()
+            .any(|p| {
+                p.peer_id == pa.to_string() && p.subscriptions.iter().any(|s| s == "lab.outbox")
+            })
+            .then_some(())
     })
     .await;
     let mut events = b.node.peer_events();
@@ -370,6 +381,15 @@ async fn an_idle_peer_goes_offline_quickly_and_comes_back() {
         ),
         "peers shows it offline"
     );
+    // While no path exists, messages wait in a's outbox on b…
+    for n in 0..50u32 {
+        let queued = b
+            .node
+            .publish("lab.outbox", Bytes::from(n.to_be_bytes().to_vec()))
+            .await
+            .expect("publish while offline");
+        assert_eq!(queued, 1, "queued for the offline subscriber");
+    }
     link.up().await.expect("restore");
     eventually(
         "a is direct again (reconnected through backoff)",
@@ -378,6 +398,8 @@ async fn an_idle_peer_goes_offline_quickly_and_comes_back() {
         },
     )
     .await;
+    // …and are delivered, in order, once it is back.
+    assert_eq!(collect(&mut sub, 50).await, (0..50).collect::<Vec<u32>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
