@@ -56,6 +56,41 @@ fn node(config: heartbeat::Config) -> Swarm<Node> {
     })
 }
 
+/// Two nodes beating every `interval`.
+fn node_pair(interval: Duration) -> (Swarm<Node>, Swarm<Node>) {
+    let config = heartbeat::Config::default().with_default_interval(interval);
+    (node(config.clone()), node(config))
+}
+
+/// A node beating every `interval` that times a peer out after three misses
+/// in a row.
+fn node_with_three_misses(interval: Duration) -> Swarm<Node> {
+    node(
+        heartbeat::Config::default()
+            .with_default_interval(interval)
+            .with_max_missed(3),
+    )
+}
+
+/// A peer running only the stream behaviour, so that the test speaks the
+/// heartbeat protocol by hand, and its id.
+fn raw_peer() -> (Swarm<libp2p_stream::Behaviour>, PeerId) {
+    let swarm = Swarm::new_ephemeral_tokio(|_| libp2p_stream::Behaviour::new());
+    let id = *swarm.local_peer_id();
+    (swarm, id)
+}
+
+/// A [`raw_peer`] that accepts heartbeat streams, with those streams.
+fn accepting_raw_peer() -> (
+    Swarm<libp2p_stream::Behaviour>,
+    PeerId,
+    libp2p_stream::IncomingStreams,
+) {
+    let (swarm, id) = raw_peer();
+    let incoming = swarm.behaviour().new_control().accept(PROTOCOL).unwrap();
+    (swarm, id, incoming)
+}
+
 fn info(tag: u64) -> LocalInfo {
     LocalInfo {
         capabilities: vec![format!("cap-{tag}"), "pubsub".into()],
@@ -184,6 +219,25 @@ where
     (connection, early)
 }
 
+/// [`dial_spawned`], then polls `a` until the first timeout and asserts that
+/// exactly three misses led to it. Returns the heartbeat events seen.
+async fn dial_until_timeout<B>(a: &mut Swarm<Node>, b: Swarm<B>) -> Vec<Event>
+where
+    B: NetworkBehaviour + Send,
+    B::ToSwarm: std::fmt::Debug,
+{
+    let (_, mut events) = dial_spawned(a, b).await;
+    run_until(a, &mut events, "timeout", |events| {
+        events.iter().any(|e| matches!(e, Event::Timeout { .. }))
+    })
+    .await;
+    assert_eq!(
+        outcomes(&events),
+        ["missed 1", "missed 2", "missed 3", "timeout"]
+    );
+    events
+}
+
 /// Drives `swarm` in the background, forwarding its heartbeat events.
 fn spawn_events(mut swarm: Swarm<Node>) -> mpsc::UnboundedReceiver<Event> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -269,9 +323,7 @@ async fn assert_dropped(stream: &mut Stream, what: &str) {
 
 #[tokio::test]
 async fn beats_flow_both_ways_with_rtt_and_payload() {
-    let config = heartbeat::Config::default().with_default_interval(SLOW);
-    let mut a = node(config.clone());
-    let mut b = node(config);
+    let (mut a, mut b) = node_pair(SLOW);
     a.behaviour_mut().heartbeat.set_local_info(info(1));
     b.behaviour_mut().heartbeat.set_local_info(info(2));
     let (a_conn, b_conn) = connect(&mut a, &mut b).await;
@@ -353,9 +405,7 @@ async fn beats_flow_both_ways_with_rtt_and_payload() {
 
 #[tokio::test]
 async fn updated_local_info_and_metrics_reach_the_remote() {
-    let config = heartbeat::Config::default().with_default_interval(FAST);
-    let mut a = node(config.clone());
-    let mut b = node(config);
+    let (mut a, mut b) = node_pair(FAST);
     connect(&mut a, &mut b).await;
     a.behaviour_mut().heartbeat.set_local_info(info(7));
     let fresh = Metrics {
@@ -389,9 +439,7 @@ async fn updated_local_info_and_metrics_reach_the_remote() {
 
 #[tokio::test]
 async fn a_faster_interval_takes_effect_at_once_and_a_slower_one_stops_beats() {
-    let config = heartbeat::Config::default().with_default_interval(SLOW);
-    let mut a = node(config.clone());
-    let mut b = node(config);
+    let (mut a, mut b) = node_pair(SLOW);
     let (a_conn, _) = connect(&mut a, &mut b).await;
     let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
 
@@ -441,9 +489,7 @@ async fn a_faster_interval_takes_effect_at_once_and_a_slower_one_stops_beats() {
 
 #[tokio::test]
 async fn only_the_connection_asked_for_changes_interval() {
-    let config = heartbeat::Config::default().with_default_interval(SLOW);
-    let mut a = node(config.clone());
-    let mut b = node(config);
+    let (mut a, mut b) = node_pair(SLOW);
     connect(&mut a, &mut b).await;
     a.connect(&mut b).await;
     let b_id = *b.local_peer_id();
@@ -470,14 +516,9 @@ async fn only_the_connection_asked_for_changes_interval() {
 
 #[tokio::test]
 async fn silent_peer_yields_misses_then_exactly_one_timeout() {
-    let mut a = node(
-        heartbeat::Config::default()
-            .with_default_interval(FAST)
-            .with_max_missed(3),
-    );
+    let mut a = node_with_three_misses(FAST);
     // A peer that accepts heartbeat streams and never answers.
-    let b = Swarm::new_ephemeral_tokio(|_| libp2p_stream::Behaviour::new());
-    let mut incoming = b.behaviour().new_control().accept(PROTOCOL).unwrap();
+    let (b, b_id, mut incoming) = accepting_raw_peer();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
@@ -488,16 +529,7 @@ async fn silent_peer_yields_misses_then_exactly_one_timeout() {
         }
     });
 
-    let b_id = *b.local_peer_id();
-    let (_, mut events) = dial_spawned(&mut a, b).await;
-    run_until(&mut a, &mut events, "timeout", |events| {
-        events.iter().any(|e| matches!(e, Event::Timeout { .. }))
-    })
-    .await;
-    assert_eq!(
-        outcomes(&events),
-        ["missed 1", "missed 2", "missed 3", "timeout"]
-    );
+    dial_until_timeout(&mut a, b).await;
     // Beats go on (a new stream for each), but quietly: one timeout per run
     // of misses, and the connection stays open.
     let later = run_for(&mut a, Duration::from_millis(1500)).await;
@@ -542,8 +574,7 @@ async fn garbage_and_foreign_beats_are_refused_and_a_newer_stream_replaces_the_o
     // tested is `a` as the receiver of `b`'s beats.
     let mut a = node(heartbeat::Config::default().with_default_interval(SLOW));
     let a_id = *a.local_peer_id();
-    let b = Swarm::new_ephemeral_tokio(|_| libp2p_stream::Behaviour::new());
-    let b_id = *b.local_peer_id();
+    let (b, b_id) = raw_peer();
     let mut control = b.behaviour().new_control();
     dial_spawned(&mut a, b).await;
     let mut events = spawn_events(a);
@@ -632,16 +663,10 @@ async fn garbage_and_foreign_beats_are_refused_and_a_newer_stream_replaces_the_o
 
 #[tokio::test]
 async fn invalid_answers_count_as_misses() {
-    let mut a = node(
-        heartbeat::Config::default()
-            // Slow enough that answers are never late, even on a loaded
-            // machine: each miss below comes from an invalid answer.
-            .with_default_interval(Duration::from_secs(1))
-            .with_max_missed(3),
-    );
-    let b = Swarm::new_ephemeral_tokio(|_| libp2p_stream::Behaviour::new());
-    let b_id = *b.local_peer_id();
-    let mut incoming = b.behaviour().new_control().accept(PROTOCOL).unwrap();
+    // Slow enough that answers are never late, even on a loaded machine:
+    // each miss below comes from an invalid answer.
+    let mut a = node_with_three_misses(Duration::from_secs(1));
+    let (b, b_id, mut incoming) = accepting_raw_peer();
     // Answers each beat (one per stream, as a missed beat's stream is
     // dropped) with, in turn: garbage, an oversized frame, the wrong echo.
     tokio::spawn(async move {
@@ -674,15 +699,7 @@ async fn invalid_answers_count_as_misses() {
         }
     });
 
-    let (_, mut events) = dial_spawned(&mut a, b).await;
-    run_until(&mut a, &mut events, "timeout", |events| {
-        events.iter().any(|e| matches!(e, Event::Timeout { .. }))
-    })
-    .await;
-    assert_eq!(
-        outcomes(&events),
-        ["missed 1", "missed 2", "missed 3", "timeout"]
-    );
+    let events = dial_until_timeout(&mut a, b).await;
     let errors: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -763,14 +780,8 @@ async fn heartbeats_do_not_keep_a_connection_alive() {
 
 #[tokio::test]
 async fn an_answer_after_a_timeout_resets_the_count() {
-    let mut a = node(
-        heartbeat::Config::default()
-            .with_default_interval(Duration::from_millis(300))
-            .with_max_missed(3),
-    );
-    let b = Swarm::new_ephemeral_tokio(|_| libp2p_stream::Behaviour::new());
-    let b_id = *b.local_peer_id();
-    let mut incoming = b.behaviour().new_control().accept(PROTOCOL).unwrap();
+    let mut a = node_with_three_misses(Duration::from_millis(300));
+    let (b, b_id, mut incoming) = accepting_raw_peer();
     // Silent on the first four streams (three misses, the timeout, one quiet
     // miss), then answers three beats on the fifth, then silent again.
     tokio::spawn(async move {

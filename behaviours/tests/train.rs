@@ -172,18 +172,49 @@ impl Pair {
         (a_conn, b_conn)
     }
 
+    /// One more memory (BLE) connection; see [`Pair::connect`].
+    async fn connect_mem(&mut self) -> (ConnectionId, ConnectionId) {
+        let mem = self.b_mem.clone();
+        self.connect(&mem).await
+    }
+
+    /// One more TCP (LAN) connection; see [`Pair::connect`].
+    async fn connect_tcp(&mut self) -> (ConnectionId, ConnectionId) {
+        let tcp = self.b_tcp.clone();
+        self.connect(&tcp).await
+    }
+
     /// A memory (BLE) connection, then a TCP (LAN) one.
     async fn two_paths(&mut self) -> ((ConnectionId, ConnectionId), (ConnectionId, ConnectionId)) {
-        let mem = self.b_mem.clone();
-        let tcp = self.b_tcp.clone();
-        let first = self.connect(&mem).await;
-        let second = self.connect(&tcp).await;
+        let first = self.connect_mem().await;
+        let second = self.connect_tcp().await;
         (first, second)
+    }
+
+    /// Polls both swarms until `a` has reported the path change `on_a` and
+    /// `b` the change `on_b`.
+    async fn until_changed(&mut self, what: &str, on_a: Change, on_b: Change) {
+        self.until(what, |p| {
+            (changes(&p.a_log).contains(&on_a) && changes(&p.b_log).contains(&on_b)).then_some(())
+        })
+        .await
+    }
+
+    /// Polls both swarms until the connection `(on a, on b)` is closed on
+    /// both sides.
+    async fn until_closed(&mut self, what: &str, (a_conn, b_conn): (ConnectionId, ConnectionId)) {
+        self.until(what, |p| {
+            (closed(&p.a_log, a_conn) && closed(&p.b_log, b_conn)).then_some(())
+        })
+        .await
     }
 }
 
-/// The `PathChanged` events in `log` as `(from, to, reason)`.
-fn changes(log: &[Seen]) -> Vec<(Option<ConnectionId>, Option<ConnectionId>, SwitchReason)> {
+/// A `PathChanged` event as `(from, to, reason)`.
+type Change = (Option<ConnectionId>, Option<ConnectionId>, SwitchReason);
+
+/// The `PathChanged` events in `log`.
+fn changes(log: &[Seen]) -> Vec<Change> {
     log.iter()
         .filter_map(|s| match s {
             Seen::Train(Event::PathChanged {
@@ -227,37 +258,48 @@ fn roles(t: &train::Behaviour, peer: &PeerId) -> Vec<(ConnectionId, PathClass, R
         .collect()
 }
 
-#[tokio::test]
-async fn first_path_is_active_and_another_class_is_the_standby() {
-    let mut p = Pair::new(train::Config::default()).await;
-    let (a_id, b_id) = (p.a_id, p.b_id);
-    let ((a1, b1), (a2, b2)) = p.two_paths().await;
-
-    p.until("first path active on both sides", |p| {
-        (has_change(&p.a_log, None, Some(a1), SwitchReason::Established)
-            && has_change(&p.b_log, None, Some(b1), SwitchReason::Established))
-        .then_some(())
-    })
-    .await;
-    assert_eq!(p.at().active(&b_id), Some(a1));
-    assert_eq!(p.bt().active(&a_id), Some(b1));
-    // The TCP path is LAN, another class than the active BLE path.
-    assert_eq!(p.at().standby(&b_id), Some(a2));
-    assert_eq!(p.bt().standby(&a_id), Some(b2));
+/// Asserts that each side has exactly two paths: the first, BLE, active
+/// and the second, LAN, the standby (each given as `(on a, on b)`).
+#[track_caller]
+fn assert_ble_active_lan_standby(
+    p: &Pair,
+    (a1, b1): (ConnectionId, ConnectionId),
+    (a2, b2): (ConnectionId, ConnectionId),
+) {
     assert_eq!(
-        roles(p.at(), &b_id),
+        roles(p.at(), &p.b_id),
         vec![
             (a1, PathClass::Ble, Role::Active),
             (a2, PathClass::LanDirect, Role::Standby)
         ]
     );
     assert_eq!(
-        roles(p.bt(), &a_id),
+        roles(p.bt(), &p.a_id),
         vec![
             (b1, PathClass::Ble, Role::Active),
             (b2, PathClass::LanDirect, Role::Standby)
         ]
     );
+}
+
+#[tokio::test]
+async fn first_path_is_active_and_another_class_is_the_standby() {
+    let mut p = Pair::new(train::Config::default()).await;
+    let (a_id, b_id) = (p.a_id, p.b_id);
+    let ((a1, b1), (a2, b2)) = p.two_paths().await;
+
+    p.until_changed(
+        "first path active on both sides",
+        (None, Some(a1), SwitchReason::Established),
+        (None, Some(b1), SwitchReason::Established),
+    )
+    .await;
+    assert_eq!(p.at().active(&b_id), Some(a1));
+    assert_eq!(p.bt().active(&a_id), Some(b1));
+    // The TCP path is LAN, another class than the active BLE path.
+    assert_eq!(p.at().standby(&b_id), Some(a2));
+    assert_eq!(p.bt().standby(&a_id), Some(b2));
+    assert_ble_active_lan_standby(&p, (a1, b1), (a2, b2));
     // Unmeasured, the better class does not take over.
     assert_eq!(changes(&p.a_log).len(), 1, "{:?}", changes(&p.a_log));
     assert_eq!(
@@ -302,11 +344,11 @@ async fn closing_the_active_connection_promotes_the_standby() {
     let (a_id, b_id) = (p.a_id, p.b_id);
     let ((a1, b1), (a2, b2)) = p.two_paths().await;
     assert!(p.a.close_connection(a1));
-    p.until("failover on both sides", |p| {
-        (has_change(&p.a_log, Some(a1), Some(a2), SwitchReason::ActiveClosed)
-            && has_change(&p.b_log, Some(b1), Some(b2), SwitchReason::ActiveClosed))
-        .then_some(())
-    })
+    p.until_changed(
+        "failover on both sides",
+        (Some(a1), Some(a2), SwitchReason::ActiveClosed),
+        (Some(b1), Some(b2), SwitchReason::ActiveClosed),
+    )
     .await;
     assert_eq!(p.at().active(&b_id), Some(a2));
     assert_eq!(p.bt().active(&a_id), Some(b2));
@@ -339,11 +381,11 @@ async fn heartbeat_timeout_on_the_active_path_switches() {
     assert!(p.bt_mut().on_timeout(a_id, b1));
     assert_eq!(p.at().active(&b_id), Some(a2));
     assert_eq!(p.bt().active(&a_id), Some(b2));
-    p.until("ActiveUnhealthy on both sides", |p| {
-        (has_change(&p.a_log, Some(a1), Some(a2), SwitchReason::ActiveUnhealthy)
-            && has_change(&p.b_log, Some(b1), Some(b2), SwitchReason::ActiveUnhealthy))
-        .then_some(())
-    })
+    p.until_changed(
+        "ActiveUnhealthy on both sides",
+        (Some(a1), Some(a2), SwitchReason::ActiveUnhealthy),
+        (Some(b1), Some(b2), SwitchReason::ActiveUnhealthy),
+    )
     .await;
     let old = p.at().paths(&b_id).into_iter().find(|i| i.connection == a1);
     assert!(!old.unwrap().healthy);
@@ -390,8 +432,7 @@ async fn ack_timeout_promotes_the_standby_and_recovery_restores_a_path() {
 async fn leader_probes_a_better_candidate_switches_and_the_follower_follows() {
     let mut p = Pair::new(train::Config::default()).await;
     let (a_id, b_id) = (p.a_id, p.b_id);
-    let mem = p.b_mem.clone();
-    let (a1, b1) = p.connect(&mem).await;
+    let (a1, b1) = p.connect_mem().await;
     let tcp = p.b_tcp.clone();
     // Unknown peers take no candidates.
     assert!(!p.at_mut().add_candidate(PeerId::random(), tcp.clone()));
@@ -438,11 +479,11 @@ async fn leader_probes_a_better_candidate_switches_and_the_follower_follows() {
     // The follower follows when the leader's app stream arrives on b2.
     assert!(p.bt_mut().follow(a_id, b2));
     assert_eq!(p.bt().active(&a_id), Some(b2));
-    p.until("Better and PeerMoved", |p| {
-        (has_change(&p.a_log, Some(a1), Some(a2), SwitchReason::Better)
-            && has_change(&p.b_log, Some(b1), Some(b2), SwitchReason::PeerMoved))
-        .then_some(())
-    })
+    p.until_changed(
+        "Better and PeerMoved",
+        (Some(a1), Some(a2), SwitchReason::Better),
+        (Some(b1), Some(b2), SwitchReason::PeerMoved),
+    )
     .await;
     assert_eq!(
         p.at().status(&b_id),
@@ -470,8 +511,7 @@ async fn leader_closes_an_extra_connection_after_the_grace() {
     let (a_id, b_id) = (p.a_id, p.b_id);
     let ((a1, b1), (a2, b2)) = p.two_paths().await;
     // A second BLE path: BLE paths have no remote host, so never a standby.
-    let mem = p.b_mem.clone();
-    let (a3, b3) = p.connect(&mem).await;
+    let (a3, b3) = p.connect_mem().await;
     assert_eq!(
         roles(p.at(), &b_id).last(),
         Some(&(a3, PathClass::Ble, Role::Extra))
@@ -480,24 +520,8 @@ async fn leader_closes_an_extra_connection_after_the_grace() {
         roles(p.bt(), &a_id).last(),
         Some(&(b3, PathClass::Ble, Role::Extra))
     );
-    p.until("extra closed", |p| {
-        (closed(&p.a_log, a3) && closed(&p.b_log, b3)).then_some(())
-    })
-    .await;
-    assert_eq!(
-        roles(p.at(), &b_id),
-        vec![
-            (a1, PathClass::Ble, Role::Active),
-            (a2, PathClass::LanDirect, Role::Standby)
-        ]
-    );
-    assert_eq!(
-        roles(p.bt(), &a_id),
-        vec![
-            (b1, PathClass::Ble, Role::Active),
-            (b2, PathClass::LanDirect, Role::Standby)
-        ]
-    );
+    p.until_closed("extra closed", (a3, b3)).await;
+    assert_ble_active_lan_standby(&p, (a1, b1), (a2, b2));
     assert!(!closed(&p.a_log, a1) && !closed(&p.a_log, a2));
 }
 
@@ -512,16 +536,11 @@ async fn follower_keeps_extras_below_the_cap_but_both_enforce_the_cap() {
     .await;
     let (a_id, b_id) = (p.a_id, p.b_id);
     let ((a1, b1), (a2, b2)) = p.two_paths().await;
-    let mem = p.b_mem.clone();
-    let (a3, b3) = p.connect(&mem).await;
+    let (a3, b3) = p.connect_mem().await;
     assert_eq!(p.at().paths(&b_id).len(), 3);
     // A fourth connection exceeds the cap: the oldest extra goes.
-    let tcp = p.b_tcp.clone();
-    let (a4, b4) = p.connect(&tcp).await;
-    p.until("oldest extra closed", |p| {
-        (closed(&p.a_log, a3) && closed(&p.b_log, b3)).then_some(())
-    })
-    .await;
+    let (a4, b4) = p.connect_tcp().await;
+    p.until_closed("oldest extra closed", (a3, b3)).await;
     let ids = |t: &train::Behaviour, peer: &PeerId| -> Vec<ConnectionId> {
         t.paths(peer).into_iter().map(|i| i.connection).collect()
     };

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use crate::error::{LabError, Result};
 use crate::host::Host;
 use crate::link::{
-    apply_loss, apply_rate, check_loss, check_percent, check_rate, configure_end, create_veth,
-    lock, set_if_state, verify_rate, LinkState, LOSS_PROBES, UP_TIMEOUT,
+    apply_loss, check_percent, clear_rate_on, configure_end, create_veth, lock,
+    record_and_verify_loss, set_ends_state, set_rate_on, update_state, LinkState, LOSS_PROBES,
+    UP_TIMEOUT,
 };
 use crate::measure::{udp_probe, udp_rtt_and_loss, wait_udp_reachable, Probe, ProbeConfig};
 
@@ -352,22 +353,13 @@ impl DelayedLink {
             &[&inner.ra_if, &inner.rb_if],
             percent,
         )?;
-        let up = {
-            let mut state = lock(&inner.state);
-            state.loss = percent;
-            state.up
-        };
-        if !up {
-            return Ok(None);
-        }
         let delay = inner.control.delay();
         let config = ProbeConfig {
             timeout: delay * 4 + Duration::from_secs(1),
             ..ProbeConfig::new(LOSS_PROBES)
         };
-        let probe = udp_probe(&inner.a, &inner.b, inner.b_addr, &config).await?;
-        check_loss(percent, &probe, "delayed link")?;
-        Ok(Some(probe))
+        let measure = udp_probe(&inner.a, &inner.b, inner.b_addr, &config);
+        record_and_verify_loss(&inner.state, percent, "delayed link", measure).await
     }
 
     /// Limits each direction to `kbit` kbit/s with tbf on the router's two
@@ -376,38 +368,21 @@ impl DelayedLink {
     /// Verified like [`Link::set_rate`](crate::Link::set_rate): concurrent TCP
     /// transfers both ways must each stay below 1.5 × `kbit`.
     pub async fn set_rate(&self, kbit: u32) -> Result<Option<(f64, f64)>> {
-        check_rate(kbit)?;
         let inner = &self.inner;
-        apply_rate(&inner.router, &inner.ra_if, Some(kbit))?;
-        apply_rate(&inner.router, &inner.rb_if, Some(kbit))?;
-        let state = {
-            let mut state = lock(&inner.state);
-            state.rate_kbit = Some(kbit);
-            *state
-        };
-        if !state.up || state.loss == 100 {
-            return Ok(None);
-        }
-        let rates = verify_rate((&inner.a, inner.a_addr), (&inner.b, inner.b_addr), kbit).await?;
-        Ok(Some(rates))
+        let measured = ((&inner.a, inner.a_addr), (&inner.b, inner.b_addr));
+        set_rate_on(self.router_ends(), &inner.state, measured, kbit).await
     }
 
     /// Removes the rate limit; verified by reading the qdiscs back.
     pub async fn clear_rate(&self) -> Result<()> {
-        let inner = &self.inner;
-        apply_rate(&inner.router, &inner.ra_if, None)?;
-        apply_rate(&inner.router, &inner.rb_if, None)?;
-        lock(&inner.state).rate_kbit = None;
-        Ok(())
+        clear_rate_on(self.router_ends(), &self.inner.state)
     }
 
     /// Cuts the a side: both ends of the a–R veth go down (a's route towards
     /// b goes with it). Verified by reading the interface flags back.
     pub async fn down(&self) -> Result<()> {
-        let inner = &self.inner;
-        set_if_state(&inner.a, &inner.a_if, false)?;
-        set_if_state(&inner.router, &inner.ra_if, false)?;
-        lock(&inner.state).up = false;
+        set_ends_state(self.a_side(), false)?;
+        update_state(&self.inner.state, |state| state.up = false);
         Ok(())
     }
 
@@ -416,8 +391,8 @@ impl DelayedLink {
     /// 100 % loss configured only the interface flags are checked).
     pub async fn up(&self) -> Result<()> {
         let inner = &self.inner;
-        set_if_state(&inner.router, &inner.ra_if, true)?;
-        set_if_state(&inner.a, &inner.a_if, true)?;
+        let [a_end, router_end] = self.a_side();
+        set_ends_state([router_end, a_end], true)?;
         // The kernel flushed the static route when the interface went down.
         inner.a.ip(&[
             "route",
@@ -428,15 +403,22 @@ impl DelayedLink {
             "dev",
             &inner.a_if,
         ])?;
-        let loss = {
-            let mut state = lock(&inner.state);
-            state.up = true;
-            state.loss
-        };
-        if loss < 100 {
+        if update_state(&inner.state, |state| state.up = true).carries_traffic() {
             self.wait_reachable().await?;
         }
         Ok(())
+    }
+
+    /// Both ends of the a–R veth, a's first: each host with its interface.
+    fn a_side(&self) -> [(&Host, &str); 2] {
+        let inner = &self.inner;
+        [(&inner.a, &inner.a_if), (&inner.router, &inner.ra_if)]
+    }
+
+    /// The router's two veth ends, where rate limits are shaped.
+    fn router_ends(&self) -> [(&Host, &str); 2] {
+        let inner = &self.inner;
+        [(&inner.router, &inner.ra_if), (&inner.router, &inner.rb_if)]
     }
 
     async fn wait_reachable(&self) -> Result<Duration> {
@@ -447,8 +429,7 @@ impl DelayedLink {
 
     async fn verify_delay(&self) -> Result<Option<Probe>> {
         let inner = &self.inner;
-        let state = *lock(&inner.state);
-        if !state.up || state.loss == 100 {
+        if !lock(&inner.state).carries_traffic() {
             return Ok(None);
         }
         let one_way = inner.control.delay();

@@ -1,6 +1,7 @@
 //! Direct links (veth pairs) and the impairment helpers shared with delayed
 //! links: nftables random loss, tbf rate limits, and their verification.
 
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,6 +24,14 @@ pub(crate) struct LinkState {
     pub(crate) rate_kbit: Option<u32>,
 }
 
+impl LinkState {
+    /// Whether a measurement across the link can get through: it is up and
+    /// not fully lossy.
+    pub(crate) fn carries_traffic(&self) -> bool {
+        self.up && self.loss < 100
+    }
+}
+
 impl Default for LinkState {
     fn default() -> Self {
         LinkState {
@@ -37,6 +46,16 @@ pub(crate) fn lock(state: &Mutex<LinkState>) -> MutexGuard<'_, LinkState> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Applies `change` to a link's state and returns the state after it.
+pub(crate) fn update_state(
+    state: &Mutex<LinkState>,
+    change: impl FnOnce(&mut LinkState),
+) -> LinkState {
+    let mut state = lock(state);
+    change(&mut state);
+    *state
 }
 
 /// A direct link between two hosts: a veth pair with one end in each
@@ -160,10 +179,8 @@ impl Link {
     ///
     /// Verified by reading the interfaces' flags back.
     pub async fn down(&self) -> Result<()> {
-        let inner = &self.inner;
-        set_if_state(&inner.a, &inner.a_if, false)?;
-        set_if_state(&inner.b, &inner.b_if, false)?;
-        lock(&inner.state).up = false;
+        set_ends_state(self.ends(), false)?;
+        update_state(&self.inner.state, |state| state.up = false);
         Ok(())
     }
 
@@ -172,14 +189,8 @@ impl Link {
     /// configured, only the interface flags are checked.)
     pub async fn up(&self) -> Result<()> {
         let inner = &self.inner;
-        set_if_state(&inner.a, &inner.a_if, true)?;
-        set_if_state(&inner.b, &inner.b_if, true)?;
-        let loss = {
-            let mut state = lock(&inner.state);
-            state.up = true;
-            state.loss
-        };
-        if loss < 100 {
+        set_ends_state(self.ends(), true)?;
+        if update_state(&inner.state, |state| state.up = true).carries_traffic() {
             wait_udp_reachable(&inner.a, &inner.b, inner.b_addr, UP_TIMEOUT).await?;
         }
         Ok(())
@@ -197,17 +208,8 @@ impl Link {
         let inner = &self.inner;
         apply_loss(&inner.a, &inner.table, "input", &[&inner.a_if], percent)?;
         apply_loss(&inner.b, &inner.table, "input", &[&inner.b_if], percent)?;
-        let up = {
-            let mut state = lock(&inner.state);
-            state.loss = percent;
-            state.up
-        };
-        if !up {
-            return Ok(None);
-        }
-        let probe = udp_rtt_and_loss(&inner.a, &inner.b, inner.b_addr, LOSS_PROBES).await?;
-        check_loss(percent, &probe, "link")?;
-        Ok(Some(probe))
+        let measure = udp_rtt_and_loss(&inner.a, &inner.b, inner.b_addr, LOSS_PROBES);
+        record_and_verify_loss(&inner.state, percent, "link", measure).await
     }
 
     /// Limits each direction to `kbit` kbit/s with a token bucket
@@ -218,30 +220,21 @@ impl Link {
     /// TCP transfers, a→b and b→a: each must measure below 1.5 × `kbit`.
     /// Returns the measured rates `(a→b, b→a)` in kbit/s.
     pub async fn set_rate(&self, kbit: u32) -> Result<Option<(f64, f64)>> {
-        check_rate(kbit)?;
         let inner = &self.inner;
-        apply_rate(&inner.a, &inner.a_if, Some(kbit))?;
-        apply_rate(&inner.b, &inner.b_if, Some(kbit))?;
-        let state = {
-            let mut state = lock(&inner.state);
-            state.rate_kbit = Some(kbit);
-            *state
-        };
-        if !state.up || state.loss == 100 {
-            return Ok(None);
-        }
-        let rates = verify_rate((&inner.a, inner.a_addr), (&inner.b, inner.b_addr), kbit).await?;
-        Ok(Some(rates))
+        let measured = ((&inner.a, inner.a_addr), (&inner.b, inner.b_addr));
+        set_rate_on(self.ends(), &inner.state, measured, kbit).await
     }
 
     /// Removes the rate limit from both ends; verified by reading the qdisc
     /// configuration back.
     pub async fn clear_rate(&self) -> Result<()> {
+        clear_rate_on(self.ends(), &self.inner.state)
+    }
+
+    /// Both ends of the veth pair: each host with its interface.
+    fn ends(&self) -> [(&Host, &str); 2] {
         let inner = &self.inner;
-        apply_rate(&inner.a, &inner.a_if, None)?;
-        apply_rate(&inner.b, &inner.b_if, None)?;
-        lock(&inner.state).rate_kbit = None;
-        Ok(())
+        [(&inner.a, &inner.a_if), (&inner.b, &inner.b_if)]
     }
 }
 
@@ -278,7 +271,7 @@ pub(crate) fn configure_end(host: &Host, ifname: &str, addr: Ipv4Addr) -> Result
 }
 
 /// Sets an interface up or down and checks the flag took.
-pub(crate) fn set_if_state(host: &Host, ifname: &str, up: bool) -> Result<()> {
+fn set_if_state(host: &Host, ifname: &str, up: bool) -> Result<()> {
     let word = if up { "up" } else { "down" };
     host.ip(&["link", "set", "dev", ifname, word])?;
     let shown = host.ip(&["-o", "link", "show", "dev", ifname])?;
@@ -288,6 +281,15 @@ pub(crate) fn set_if_state(host: &Host, ifname: &str, up: bool) -> Result<()> {
             host.name(),
             shown.trim()
         )));
+    }
+    Ok(())
+}
+
+/// Sets each of `ends` (a host and its interface), in order, up or down with
+/// [`set_if_state`].
+pub(crate) fn set_ends_state(ends: [(&Host, &str); 2], up: bool) -> Result<()> {
+    for (host, ifname) in ends {
+        set_if_state(host, ifname, up)?;
     }
     Ok(())
 }
@@ -310,7 +312,7 @@ pub(crate) fn check_percent(percent: u8) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_rate(kbit: u32) -> Result<()> {
+fn check_rate(kbit: u32) -> Result<()> {
     if !(64..=10_000_000).contains(&kbit) {
         return Err(LabError::InvalidArgument(format!(
             "rate must be 64..=10000000 kbit/s, got {kbit}"
@@ -347,7 +349,7 @@ pub(crate) fn apply_loss(
 
 /// Installs (`Some`) or removes (`None`) a tbf root qdisc on `ifname`, then
 /// reads the qdisc configuration back to check.
-pub(crate) fn apply_rate(host: &Host, ifname: &str, kbit: Option<u32>) -> Result<()> {
+fn apply_rate(host: &Host, ifname: &str, kbit: Option<u32>) -> Result<()> {
     match kbit {
         Some(kbit) => {
             let (burst, latency) = tbf_params(kbit);
@@ -388,6 +390,42 @@ pub(crate) fn apply_rate(host: &Host, ifname: &str, kbit: Option<u32>) -> Result
     Ok(())
 }
 
+/// Applies [`apply_rate`] with `kbit` to each of `shaped` (a host and its
+/// interface), in order.
+fn apply_rates(shaped: [(&Host, &str); 2], kbit: Option<u32>) -> Result<()> {
+    for (host, ifname) in shaped {
+        apply_rate(host, ifname, kbit)?;
+    }
+    Ok(())
+}
+
+/// `set_rate` of either kind of link: limits each of `shaped` to `kbit`
+/// kbit/s, records the limit in `state` and, if the link carries traffic,
+/// verifies it between the two `measured` ends (host and address, a then b).
+pub(crate) async fn set_rate_on(
+    shaped: [(&Host, &str); 2],
+    state: &Mutex<LinkState>,
+    measured: ((&Host, Ipv4Addr), (&Host, Ipv4Addr)),
+    kbit: u32,
+) -> Result<Option<(f64, f64)>> {
+    check_rate(kbit)?;
+    apply_rates(shaped, Some(kbit))?;
+    if !update_state(state, |state| state.rate_kbit = Some(kbit)).carries_traffic() {
+        return Ok(None);
+    }
+    let (a, b) = measured;
+    let rates = verify_rate(a, b, kbit).await?;
+    Ok(Some(rates))
+}
+
+/// `clear_rate` of either kind of link: removes the limit from each of
+/// `shaped` and records that in `state`.
+pub(crate) fn clear_rate_on(shaped: [(&Host, &str); 2], state: &Mutex<LinkState>) -> Result<()> {
+    apply_rates(shaped, None)?;
+    update_state(state, |state| state.rate_kbit = None);
+    Ok(())
+}
+
 /// tbf burst (bytes) and queue latency for a rate: the bucket holds 10 ms of
 /// traffic but at least two full-size frames; 50 ms of queue.
 fn tbf_params(kbit: u32) -> (u64, Duration) {
@@ -403,8 +441,25 @@ fn rate_window(kbit: u32) -> Duration {
     Duration::from_secs_f64((6.0 * burst as f64 / bytes_per_sec).max(0.6))
 }
 
+/// The end of `set_loss` of either kind of link: records `percent` in
+/// `state` and, if the link is up, awaits `measure` and checks the probe
+/// against it with [`check_loss`] (`what` names the link in errors).
+pub(crate) async fn record_and_verify_loss(
+    state: &Mutex<LinkState>,
+    percent: u8,
+    what: &str,
+    measure: impl Future<Output = Result<Probe>>,
+) -> Result<Option<Probe>> {
+    if !update_state(state, |state| state.loss = percent).up {
+        return Ok(None);
+    }
+    let probe = measure.await?;
+    check_loss(percent, &probe, what)?;
+    Ok(Some(probe))
+}
+
 /// Checks a round-trip loss measurement against `percent` per direction.
-pub(crate) fn check_loss(percent: u8, probe: &Probe, what: &str) -> Result<()> {
+fn check_loss(percent: u8, probe: &Probe, what: &str) -> Result<()> {
     let p = f64::from(percent) / 100.0;
     let expected = 1.0 - (1.0 - p) * (1.0 - p);
     let measured = probe.loss();
@@ -424,7 +479,7 @@ pub(crate) fn check_loss(percent: u8, probe: &Probe, what: &str) -> Result<()> {
 }
 
 /// Measures both directions at once and checks them against `kbit`.
-pub(crate) async fn verify_rate(
+async fn verify_rate(
     (a, a_addr): (&Host, Ipv4Addr),
     (b, b_addr): (&Host, Ipv4Addr),
     kbit: u32,

@@ -6,7 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use atmosphere_lab::{
-    require_lab, tcp_throughput_kbit, udp_probe, udp_rtt_and_loss, Lab, ProbeConfig,
+    require_lab, tcp_throughput_kbit, udp_probe, udp_rtt_and_loss, DelayedLink, Host, Lab, Link,
+    Probe, ProbeConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,13 +18,48 @@ fn ns_inode_of_current_thread() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn tcp_between_linked_hosts_runs_inside_namespaces() {
-    require_lab!();
+/// A new lab with hosts `a` and `b` joined by a direct link. Keep the lab
+/// alive (bind it to a name) for as long as the hosts are used.
+async fn linked_pair() -> (Lab, Host, Host, Link) {
     let lab = Lab::new().unwrap();
     let a = lab.add_host("a").unwrap();
     let b = lab.add_host("b").unwrap();
     let link = lab.link(&a, &b).await.unwrap();
+    (lab, a, b, link)
+}
+
+/// A new lab with hosts `a` and `b` joined by a link with `one_way` delay.
+/// Keep the lab alive (bind it to a name) for as long as the hosts are used.
+async fn delayed_pair(one_way: Duration) -> (Lab, Host, Host, DelayedLink) {
+    let lab = Lab::new().unwrap();
+    let a = lab.add_host("a").unwrap();
+    let b = lab.add_host("b").unwrap();
+    let link = lab.delayed_link(&a, &b, one_way).await.unwrap();
+    (lab, a, b, link)
+}
+
+/// The value of sysctl `key` (a path below `/proc/sys`) in `host`.
+fn sysctl(host: &Host, key: &str) -> String {
+    host.exec(&["cat", &format!("/proc/sys/{key}")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `probes` UDP probes from `from` to `to` at `addr` over a link that is
+/// down: a short timeout, as no answer is expected.
+async fn probe_down_link(from: &Host, to: &Host, addr: Ipv4Addr, probes: usize) -> Probe {
+    let config = ProbeConfig {
+        timeout: Duration::from_millis(300),
+        ..ProbeConfig::new(probes)
+    };
+    udp_probe(from, to, addr, &config).await.unwrap()
+}
+
+#[tokio::test]
+async fn tcp_between_linked_hosts_runs_inside_namespaces() {
+    require_lab!();
+    let (_lab, a, b, link) = linked_pair().await;
     let b_addr = link.b_addr();
 
     // b's address exists in b's namespace only.
@@ -39,16 +75,10 @@ async fn tcp_between_linked_hosts_runs_inside_namespaces() {
     );
 
     // Host sysctls: no forwarding, IPv6 off on lab interfaces.
-    let read = |host: &atmosphere_lab::Host, key: &str| {
-        host.exec(&["cat", &format!("/proc/sys/{key}")])
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    assert_eq!(read(&b, "net/ipv4/ip_forward"), "0");
+    assert_eq!(sysctl(&b, "net/ipv4/ip_forward"), "0");
     let key = format!("net/ipv6/conf/{}/disable_ipv6", link.b_ifname());
-    assert_eq!(read(&b, &key), "1");
-    assert_eq!(read(&b, "net/ipv6/conf/lo/disable_ipv6"), "0");
+    assert_eq!(sysctl(&b, &key), "1");
+    assert_eq!(sysctl(&b, "net/ipv6/conf/lo/disable_ipv6"), "0");
 
     let listener = b
         .spawn(async move { TcpListener::bind((b_addr, 0)).await })
@@ -131,21 +161,14 @@ async fn runtime_threads_live_in_namespace() {
 #[tokio::test]
 async fn link_down_and_up() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab.link(&a, &b).await.unwrap();
+    let (_lab, a, b, link) = linked_pair().await;
 
     let probe = udp_rtt_and_loss(&a, &b, link.b_addr(), 50).await.unwrap();
     assert_eq!(probe.received, 50, "{probe:?}");
 
     link.down().await.unwrap();
     assert!(!link.is_up());
-    let config = ProbeConfig {
-        timeout: Duration::from_millis(300),
-        ..ProbeConfig::new(50)
-    };
-    let probe = udp_probe(&a, &b, link.b_addr(), &config).await.unwrap();
+    let probe = probe_down_link(&a, &b, link.b_addr(), 50).await;
     assert_eq!(probe.received, 0, "{probe:?}");
     assert_eq!(probe.loss(), 1.0);
 
@@ -163,10 +186,7 @@ async fn link_down_and_up() {
 #[tokio::test]
 async fn link_loss() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab.link(&a, &b).await.unwrap();
+    let (_lab, a, b, link) = linked_pair().await;
 
     let verified = link.set_loss(5).await.unwrap().unwrap();
     eprintln!("set_loss(5) verification: {verified:?}");
@@ -198,13 +218,7 @@ async fn link_loss() {
 #[tokio::test]
 async fn delayed_link_latency_and_loss() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab
-        .delayed_link(&a, &b, Duration::from_millis(50))
-        .await
-        .unwrap();
+    let (_lab, a, b, link) = delayed_pair(Duration::from_millis(50)).await;
 
     let probe = udp_rtt_and_loss(&a, &b, link.b_addr(), 20).await.unwrap();
     let median = probe.median_rtt.unwrap();
@@ -218,16 +232,9 @@ async fn delayed_link_latency_and_loss() {
     assert!(back.median_rtt.unwrap() >= Duration::from_millis(100));
 
     let router = link.router();
-    let read = |key: &str| {
-        router
-            .exec(&["cat", &format!("/proc/sys/{key}")])
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    assert_eq!(read("net/ipv4/ip_forward"), "1");
-    assert_eq!(read("net/ipv4/conf/all/rp_filter"), "0");
-    assert_eq!(read("net/ipv4/conf/tun0/rp_filter"), "0");
+    assert_eq!(sysctl(router, "net/ipv4/ip_forward"), "1");
+    assert_eq!(sysctl(router, "net/ipv4/conf/all/rp_filter"), "0");
+    assert_eq!(sysctl(router, "net/ipv4/conf/tun0/rp_filter"), "0");
     let rules = router.exec(&["ip", "rule"]).unwrap();
     assert!(rules.contains("lookup 100"), "{rules}");
 
@@ -259,19 +266,9 @@ async fn delayed_link_latency_and_loss() {
 #[tokio::test]
 async fn delayed_link_down_and_up() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab
-        .delayed_link(&a, &b, Duration::from_millis(10))
-        .await
-        .unwrap();
+    let (_lab, a, b, link) = delayed_pair(Duration::from_millis(10)).await;
     link.down().await.unwrap();
-    let config = ProbeConfig {
-        timeout: Duration::from_millis(300),
-        ..ProbeConfig::new(20)
-    };
-    let probe = udp_probe(&b, &a, link.a_addr(), &config).await.unwrap();
+    let probe = probe_down_link(&b, &a, link.a_addr(), 20).await;
     assert_eq!(probe.received, 0, "{probe:?}");
     link.up().await.unwrap();
     let probe = udp_rtt_and_loss(&b, &a, link.a_addr(), 20).await.unwrap();
@@ -282,10 +279,7 @@ async fn delayed_link_down_and_up() {
 #[tokio::test]
 async fn link_rate_limit() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab.link(&a, &b).await.unwrap();
+    let (_lab, a, b, link) = linked_pair().await;
 
     let verified = link.set_rate(1000).await.unwrap().unwrap();
     eprintln!("set_rate(1000) verification (a→b, b→a kbit/s): {verified:?}");
@@ -313,10 +307,7 @@ fn parallel_labs_do_not_clash() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let lab = Lab::new().unwrap();
-            let a = lab.add_host("a").unwrap();
-            let b = lab.add_host("b").unwrap();
-            let link = lab.link(&a, &b).await.unwrap();
+            let (lab, a, b, link) = linked_pair().await;
             let probe = udp_rtt_and_loss(&a, &b, link.b_addr(), 50).await.unwrap();
             assert_eq!(probe.received, 50, "{probe:?}");
             (lab, link.b_addr(), a.netns().to_string())
@@ -363,13 +354,7 @@ async fn dropping_lab_inside_runtime_cancels_tasks() {
 #[tokio::test]
 async fn delayed_link_rate_limit() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let a = lab.add_host("a").unwrap();
-    let b = lab.add_host("b").unwrap();
-    let link = lab
-        .delayed_link(&a, &b, Duration::from_millis(5))
-        .await
-        .unwrap();
+    let (_lab, a, b, link) = delayed_pair(Duration::from_millis(5)).await;
     let free = tcp_throughput_kbit(&a, &b, link.b_addr(), Duration::from_millis(300))
         .await
         .unwrap();

@@ -77,6 +77,24 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Waits until `node` knows that `peer` announced `name` (in the list
+/// `field` picks: subscriptions or registrations).
+async fn wait_announced(
+    node: &Node,
+    peer: PeerId,
+    name: &str,
+    field: impl Fn(&atmosphere::PeerInfo) -> &Vec<String>,
+) {
+    eventually(&format!("{peer} announced {name}"), || async {
+        let peers = node.peers().await.ok()?;
+        peers
+            .iter()
+            .any(|p| p.peer_id == peer.to_string() && field(p).iter().any(|s| s == name))
+            .then_some(())
+    })
+    .await;
+}
+
 /// `node`'s paths to `peer`.
 async fn paths(node: &Node, peer: PeerId) -> Vec<PathStatus> {
     node.peers()
@@ -206,16 +224,7 @@ async fn cutting_the_active_lan_mid_stream_loses_nothing_and_traffic_moves_back(
     // The publisher's active path to the subscriber runs over the fast LAN.
     wait_active_on(b, pa, net.fast.a_addr()).await;
     let mut sub = a.subscribe("lab.stream").await.expect("subscribe");
-    eventually("b knows a's subscription", || async {
-        let peers = b.peers().await.ok()?;
-        peers
-            .iter()
-            .any(|p| {
-                p.peer_id == pa.to_string() && p.subscriptions.iter().any(|s| s == "lab.stream")
-            })
-            .then_some(())
-    })
-    .await;
+    wait_announced(b, pa, "lab.stream", |p| &p.subscriptions).await;
     let mut events = b.peer_events();
     let publisher = tokio::spawn(publish_stream(b.clone(), "lab.stream", 1000, 200));
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -290,16 +299,7 @@ async fn rpc_calls_survive_a_cut() {
     .await
     .expect("register");
     wait_active_on(b, pa, net.fast.a_addr()).await;
-    eventually("b knows a's registration", || async {
-        let peers = b.peers().await.ok()?;
-        peers
-            .iter()
-            .any(|p| {
-                p.peer_id == pa.to_string() && p.registrations.iter().any(|r| r == "lab.double")
-            })
-            .then_some(())
-    })
-    .await;
+    wait_announced(b, pa, "lab.double", |p| &p.registrations).await;
     let caller = {
         let b = b.clone();
         tokio::spawn(async move {
@@ -350,16 +350,7 @@ async fn an_idle_peer_goes_offline_quickly_and_comes_back_with_its_outbox() {
     })
     .await;
     let mut sub = a.node.subscribe("lab.outbox").await.expect("subscribe");
-    eventually("b knows a's subscription", || async {
-        let peers = b.node.peers().await.ok()?;
-        peers
-            .iter()
-            .any(|p| {
-                p.peer_id == pa.to_string() && p.subscriptions.iter().any(|s| s == "lab.outbox")
-            })
-            .then_some(())
-    })
-    .await;
+    wait_announced(&b.node, pa, "lab.outbox", |p| &p.subscriptions).await;
     let mut events = b.node.peer_events();
     let cut = Instant::now();
     link.down().await.expect("cut");
@@ -422,16 +413,7 @@ async fn a_lossy_slow_path_loses_nothing_and_is_kept_only_while_best() {
     let pa = an.peer_id();
     wait_active_on(bn, pa, clean.a_addr()).await;
     let mut sub = an.subscribe("lab.lossy").await.expect("subscribe");
-    eventually("b knows a's subscription", || async {
-        let peers = bn.peers().await.ok()?;
-        peers
-            .iter()
-            .any(|p| {
-                p.peer_id == pa.to_string() && p.subscriptions.iter().any(|s| s == "lab.lossy")
-            })
-            .then_some(())
-    })
-    .await;
+    wait_announced(bn, pa, "lab.lossy", |p| &p.subscriptions).await;
     // The clean path dies: the lossy one is now the best and carries traffic.
     clean.down().await.expect("cut the clean link");
     let publisher = tokio::spawn(publish_stream(bn.clone(), "lab.lossy", 400, 100));

@@ -877,11 +877,7 @@ impl Behaviour {
     /// records a success. May switch (leader: a better path). Returns whether
     /// the connection is known.
     pub fn on_rtt(&mut self, peer: PeerId, connection: ConnectionId, rtt: Duration) -> bool {
-        let Some(c) = self
-            .peers
-            .get_mut(&peer)
-            .and_then(|p| p.conn_mut(connection))
-        else {
+        let Some(c) = self.peer_conn_mut(&peer, connection) else {
             return false;
         };
         c.srtt = Some(match c.srtt {
@@ -899,11 +895,7 @@ impl Behaviour {
     /// miss (the path may become degraded). Returns whether the connection is
     /// known.
     pub fn on_missed(&mut self, peer: PeerId, connection: ConnectionId) -> bool {
-        let Some(c) = self
-            .peers
-            .get_mut(&peer)
-            .and_then(|p| p.conn_mut(connection))
-        else {
+        let Some(c) = self.peer_conn_mut(&peer, connection) else {
             return false;
         };
         c.loss.push(false);
@@ -1001,6 +993,11 @@ impl Behaviour {
         Some(to)
     }
 
+    /// The connection `connection` to `peer`, if the train knows it.
+    fn peer_conn_mut(&mut self, peer: &PeerId, connection: ConnectionId) -> Option<&mut Conn> {
+        self.peers.get_mut(peer)?.conn_mut(connection)
+    }
+
     /// Re-evaluates `peer` after a change: first path, leader's better path,
     /// an unhealthy active path with a healthy alternative, the standby, the
     /// status, the timer.
@@ -1027,38 +1024,24 @@ impl Behaviour {
                     );
                 }
                 None => {}
-                Some(ai) if !views[ai].healthy => {
-                    let standby = position(p.standby);
-                    if let Some(i) =
+                Some(ai) => {
+                    // An unhealthy active path gives way to a healthy one;
+                    // a healthy one only to a better path, by the leader.
+                    let replacement = if !views[ai].healthy {
+                        let standby = position(p.standby);
                         policy::select_replacement(&views, Some(ai), standby, order, true)
-                    {
+                            .map(|i| (i, SwitchReason::ActiveUnhealthy))
+                    } else if leader {
+                        policy::better_path(&views, ai, order, config.rtt_margin)
+                            .map(|i| (i, SwitchReason::Better))
+                    } else {
+                        None
+                    };
+                    if let Some((i, reason)) = replacement {
                         let from = p.info(ids[ai]);
-                        switch(
-                            p,
-                            peer,
-                            from,
-                            Some(ids[i]),
-                            SwitchReason::ActiveUnhealthy,
-                            order,
-                            &mut self.events,
-                        );
+                        switch(p, peer, from, Some(ids[i]), reason, order, &mut self.events);
                     }
                 }
-                Some(ai) if leader => {
-                    if let Some(i) = policy::better_path(&views, ai, order, config.rtt_margin) {
-                        let from = p.info(ids[ai]);
-                        switch(
-                            p,
-                            peer,
-                            from,
-                            Some(ids[i]),
-                            SwitchReason::Better,
-                            order,
-                            &mut self.events,
-                        );
-                    }
-                }
-                Some(_) => {}
             }
             update_standby(p, order);
             report_status(p, peer, &mut self.events);
@@ -1406,11 +1389,7 @@ impl NetworkBehaviour for Behaviour {
                 ..
             }) => {
                 let addr = path::endpoint_addr(&peer_id, new);
-                if let Some(c) = self
-                    .peers
-                    .get_mut(&peer_id)
-                    .and_then(|p| p.conn_mut(connection_id))
-                {
+                if let Some(c) = self.peer_conn_mut(&peer_id, connection_id) {
                     c.set_addr(addr);
                     self.settle(peer_id);
                 }
