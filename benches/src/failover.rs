@@ -5,8 +5,10 @@
 //! subscriber's arrival times show when delivery resumed on the other link,
 //! the cut link is restored (it comes back as the standby), and the next cut
 //! takes whichever link is active. Afterwards: messages lost and duplicated
-//! as seen by the app, and the idle detection time (an idle peer's only link
-//! cut until its status turns offline).
+//! as seen by the app, and the idle detection time: with no traffic, the
+//! standby's link is cut, then 2 s later the active one; the time from that
+//! second cut until the peer's status turns offline (both dead paths have to
+//! be noticed, by heartbeats alone).
 
 use std::time::{Duration, Instant};
 

@@ -171,6 +171,8 @@ pub(crate) struct Runtime {
     heartbeat_intervals: HashMap<ConnectionId, Duration>,
     /// Heartbeat answers received per connection.
     heartbeat_samples: HashMap<ConnectionId, u32>,
+    /// Peers whose active path is missing heartbeats.
+    suspect_peers: HashSet<PeerId>,
     /// When each member last had a working path (unix ms).
     last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
@@ -226,6 +228,7 @@ impl Runtime {
             heartbeat_intervals: HashMap::new(),
             heartbeat_samples: HashMap::new(),
             last_seen_ms: HashMap::new(),
+            suspect_peers: HashSet::new(),
             early_identify: HashMap::new(),
             // Seeded from the clock so that a restarted node's records rank above
             // its previous process's, even ones still in flight.
@@ -389,6 +392,7 @@ impl Runtime {
             parked.retain(|(c, _)| *c != connection);
         }
         if remaining == 0 {
+            self.suspect_peers.remove(&peer);
             self.start_deferred_join(peer);
             self.connections.remove(&peer);
             self.pending_inbound.remove(&peer);

@@ -90,13 +90,17 @@ impl Runtime {
     }
 
     /// Sets the heartbeat interval of every path to `peer` from its role.
+    /// While the active path is missing beats (the peer is "suspect"), every
+    /// path beats fast: if the active path dies, the standby it would fail
+    /// over to has been checked meanwhile, instead of only afterwards.
     pub(super) fn tune_heartbeats(&mut self, peer: PeerId) {
         let paths = self.swarm.behaviour().train.paths(&peer);
+        let suspect = self.suspect_peers.contains(&peer);
         for path in paths {
             let interval = self.heartbeat_interval(
                 path.connection,
                 path.class,
-                path.role == Role::Active || !path.healthy,
+                suspect || path.role == Role::Active || !path.healthy,
             );
             if self.heartbeat_intervals.get(&path.connection) != Some(&interval) {
                 self.heartbeat_intervals.insert(path.connection, interval);
@@ -203,6 +207,7 @@ impl Runtime {
                 let train = &mut self.swarm.behaviour_mut().train;
                 train.on_rtt(peer, connection, rtt);
                 if train.active(&peer) == Some(connection) {
+                    self.suspect_peers.remove(&peer);
                     if let Some(remote) = write(&self.shared.remotes).get_mut(&peer) {
                         remote.rtt = Some(rtt);
                     }
@@ -214,7 +219,11 @@ impl Runtime {
             heartbeat::Event::Missed {
                 peer, connection, ..
             } => {
-                self.swarm.behaviour_mut().train.on_missed(peer, connection);
+                let train = &mut self.swarm.behaviour_mut().train;
+                train.on_missed(peer, connection);
+                if train.active(&peer) == Some(connection) {
+                    self.suspect_peers.insert(peer);
+                }
                 self.tune_heartbeats(peer);
             }
             heartbeat::Event::Timeout { peer, connection } => {
