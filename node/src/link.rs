@@ -113,6 +113,8 @@ pub(crate) async fn run_reader(
     let mut buf = Vec::new();
     // The peer's session this link belongs to (from its `Open` frame).
     let mut link_session: Option<u64> = None;
+    // Sequenced frames read but not yet acknowledged.
+    let mut ack_owed = false;
     loop {
         match next_frame(&mut reader, &mut buf, max_frame).await {
             Ok(Some(frame)) => {
@@ -158,11 +160,16 @@ pub(crate) async fn run_reader(
                         });
                         // Duplicates are acknowledged again too: the
                         // sender may have missed our earlier ack.
-                        session.request_ack();
+                        ack_owed = true;
                         if session.is_closed() {
                             break;
                         }
                     }
+                }
+                // One ack per read burst: once nothing more is buffered.
+                if ack_owed && reader.buffer().is_empty() {
+                    ack_owed = false;
+                    session.request_ack();
                 }
             }
             Ok(None) => break,
