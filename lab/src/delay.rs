@@ -96,8 +96,9 @@ struct DelayedInner {
     state: Mutex<LinkState>,
 }
 
-/// Shared between the handle and the delay-line task.
-struct DelayControl {
+/// Shared between the handle and the delay-line task (also used by the
+/// uplink delay lines of [`Internet`](crate::Internet)).
+pub(crate) struct DelayControl {
     delay_nanos: AtomicU64,
     changed: Notify,
     queued_drops: AtomicU64,
@@ -105,8 +106,30 @@ struct DelayControl {
 }
 
 impl DelayControl {
-    fn delay(&self) -> Duration {
+    /// Controls for a delay line holding packets `one_way`.
+    pub(crate) fn new(one_way: Duration) -> Arc<DelayControl> {
+        Arc::new(DelayControl {
+            delay_nanos: AtomicU64::new(duration_nanos(one_way)),
+            changed: Notify::new(),
+            queued_drops: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn delay(&self) -> Duration {
         Duration::from_nanos(self.delay_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Changes the delay; the running line applies it at once.
+    pub(crate) fn set_delay(&self, one_way: Duration) {
+        self.delay_nanos
+            .store(duration_nanos(one_way), Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Packets dropped because the queue was full.
+    pub(crate) fn queue_drops(&self) -> u64 {
+        self.queued_drops.load(Ordering::Relaxed)
     }
 }
 
@@ -179,13 +202,8 @@ impl DelayedLink {
             &b_if,
         ])?;
 
-        let control = Arc::new(DelayControl {
-            delay_nanos: AtomicU64::new(duration_nanos(one_way)),
-            changed: Notify::new(),
-            queued_drops: AtomicU64::new(0),
-            forwarded: AtomicU64::new(0),
-        });
-        start_delay_line(&router, Arc::clone(&control)).await?;
+        let control = DelayControl::new(one_way);
+        start_delay_line(&router, TUN_NAME, Arc::clone(&control)).await?;
 
         router.sysctls(&[
             (format!("net/ipv4/conf/{TUN_NAME}/rp_filter"), "0"),
@@ -328,11 +346,7 @@ impl DelayedLink {
     /// a→b: the median round trip must be at least `2 × one_way − 2 ms` and at
     /// most `3 × one_way + 100 ms`. Returns the measurement.
     pub async fn set_delay(&self, one_way: Duration) -> Result<Option<Probe>> {
-        let control = &self.inner.control;
-        control
-            .delay_nanos
-            .store(duration_nanos(one_way), Ordering::Relaxed);
-        control.changed.notify_one();
+        self.inner.control.set_delay(one_way);
         self.verify_delay().await
     }
 
@@ -433,25 +447,8 @@ impl DelayedLink {
             return Ok(None);
         }
         let one_way = inner.control.delay();
-        let config = ProbeConfig {
-            probes: 20,
-            interval: Duration::from_millis(5),
-            timeout: one_way * 4 + Duration::from_secs(1),
-        };
-        let probe = udp_probe(&inner.a, &inner.b, inner.b_addr, &config).await?;
-        let Some(median) = probe.median_rtt else {
-            return Err(LabError::Verification(format!(
-                "delayed link: none of {} probes answered after setting {one_way:?} one way",
-                probe.sent
-            )));
-        };
-        let low = (one_way * 2).saturating_sub(Duration::from_millis(2));
-        let high = one_way * 3 + Duration::from_millis(100);
-        if median < low || median > high {
-            return Err(LabError::Verification(format!(
-                "delayed link: one-way delay {one_way:?} but median round trip {median:?} (accepted {low:?}..={high:?})"
-            )));
-        }
+        let probe =
+            verify_round_trip(&inner.a, &inner.b, inner.b_addr, one_way, "delayed link").await?;
         Ok(Some(probe))
     }
 
@@ -471,16 +468,54 @@ impl DelayedLink {
     }
 }
 
+/// Checks that the path `from` → `to_addr` (an echo on `to`) adds `one_way`
+/// in each direction: 20 UDP probes, median round trip at least
+/// `2 × one_way − 2 ms` and at most `3 × one_way + 100 ms`. `what` names the
+/// path in errors.
+pub(crate) async fn verify_round_trip(
+    from: &Host,
+    to: &Host,
+    to_addr: Ipv4Addr,
+    one_way: Duration,
+    what: &str,
+) -> Result<Probe> {
+    let config = ProbeConfig {
+        probes: 20,
+        interval: Duration::from_millis(5),
+        timeout: one_way * 4 + Duration::from_secs(1),
+    };
+    let probe = udp_probe(from, to, to_addr, &config).await?;
+    let Some(median) = probe.median_rtt else {
+        return Err(LabError::Verification(format!(
+            "{what}: none of {} probes answered after setting {one_way:?} one way",
+            probe.sent
+        )));
+    };
+    let low = (one_way * 2).saturating_sub(Duration::from_millis(2));
+    let high = one_way * 3 + Duration::from_millis(100);
+    if median < low || median > high {
+        return Err(LabError::Verification(format!(
+            "{what}: one-way delay {one_way:?} but median round trip {median:?} (accepted {low:?}..={high:?})"
+        )));
+    }
+    Ok(probe)
+}
+
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Opens the TUN device from a task on R's runtime (so it is created in R's
-/// namespace) and leaves the delay line running there.
-async fn start_delay_line(router: &Host, control: Arc<DelayControl>) -> Result<()> {
+/// Opens TUN device `tun_name` from a task on R's runtime (so it is created
+/// in R's namespace) and leaves the delay line running there.
+pub(crate) async fn start_delay_line(
+    router: &Host,
+    tun_name: &str,
+    control: Arc<DelayControl>,
+) -> Result<()> {
     let (ready_tx, ready_rx) = oneshot::channel::<io::Result<()>>();
+    let name = tun_name.to_string();
     router.try_handle()?.spawn(async move {
-        let registered = open_tun(TUN_NAME).and_then(|fd| {
+        let registered = open_tun(&name).and_then(|fd| {
             // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which owns it
             // (and so keeps it open, the same descriptor) until dropped.
             unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
@@ -499,7 +534,10 @@ async fn start_delay_line(router: &Host, control: Arc<DelayControl>) -> Result<(
     match ready_rx.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(LabError::io(
-            format!("could not open TUN device in router `{}`", router.netns()),
+            format!(
+                "could not open TUN device {tun_name} in router `{}`",
+                router.netns()
+            ),
             e,
         )),
         Err(_) => Err(LabError::Runtime {

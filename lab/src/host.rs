@@ -98,7 +98,8 @@ impl Host {
     }
 
     /// The name given to [`Lab::add_host`](crate::Lab::add_host) (routers of
-    /// delayed links are called `_r<n>`).
+    /// delayed links are called `_r<n>`, the ISP of an
+    /// [`Internet`](crate::Internet) `_isp<n>`).
     pub fn name(&self) -> &str {
         &self.inner.name
     }

@@ -1,7 +1,7 @@
 //! The lab: owner of namespaces, allocator of names and subnets.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
 use std::time::Duration;
 
 use crate::cmd;
@@ -9,6 +9,7 @@ use crate::delay::DelayedLink;
 use crate::error::{LabError, Result};
 use crate::host::Host;
 use crate::link::Link;
+use crate::nat::Internet;
 
 /// Prefix of every namespace a lab creates: `atl<pid>-…`.
 pub(crate) const NETNS_PREFIX: &str = "atl";
@@ -36,7 +37,7 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 /// All methods take `&self`; a lab can be shared by reference across tasks.
 pub struct Lab {
     prefix: String,
-    state: Mutex<LabState>,
+    state: Arc<Mutex<LabState>>,
 }
 
 #[derive(Default)]
@@ -44,6 +45,40 @@ struct LabState {
     hosts: Vec<Host>,
     next_link: u32,
     next_subnet: u32,
+    next_internet: u32,
+    /// Set when the lab is dropped: handles may no longer add hosts.
+    closed: bool,
+}
+
+/// A weak reference to a lab, held by topologies ([`Internet`],
+/// [`NatRouter`](crate::NatRouter)) that add hosts after the lab was built.
+/// Adding a host through it fails once the lab is dropped.
+#[derive(Clone)]
+pub(crate) struct LabHandle {
+    prefix: String,
+    state: Weak<Mutex<LabState>>,
+}
+
+impl LabHandle {
+    /// [`Lab::add_host`] through the handle.
+    pub(crate) fn add_host(&self, name: &str) -> Result<Host> {
+        add_host(&self.prefix, &*self.state()?, name)
+    }
+
+    /// Creates an internal host (router, ISP) whose name starts with `_`.
+    pub(crate) fn add_internal_host(&self, name: &str) -> Result<Host> {
+        create_host(
+            &*self.state()?,
+            name.to_string(),
+            format!("{}{name}", self.prefix),
+        )
+    }
+
+    fn state(&self) -> Result<Arc<Mutex<LabState>>> {
+        self.state
+            .upgrade()
+            .ok_or_else(|| LabError::InvalidArgument(format!("lab {} was dropped", self.prefix)))
+    }
 }
 
 impl std::fmt::Debug for Lab {
@@ -80,7 +115,7 @@ impl Lab {
         );
         Ok(Lab {
             prefix,
-            state: Mutex::new(LabState::default()),
+            state: Arc::new(Mutex::new(LabState::default())),
         })
     }
 
@@ -89,7 +124,8 @@ impl Lab {
         &self.prefix
     }
 
-    /// The hosts created so far, including the routers of delayed links.
+    /// The hosts created so far, including the routers of delayed links and
+    /// the ISPs of internets.
     pub fn hosts(&self) -> Vec<Host> {
         self.lock().hosts.clone()
     }
@@ -101,22 +137,7 @@ impl Lab {
     /// `name` must be 1 to [`MAX_HOST_NAME`] characters of ASCII letters,
     /// digits, `-` and `_`, unique within the lab.
     pub fn add_host(&self, name: &str) -> Result<Host> {
-        let valid = !name.is_empty()
-            && name.len() <= MAX_HOST_NAME
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
-            return Err(LabError::InvalidArgument(format!(
-                "host name {name:?}: use 1..={MAX_HOST_NAME} ASCII letters, digits, '-' or '_'"
-            )));
-        }
-        if self.lock().hosts.iter().any(|h| h.name() == name) {
-            return Err(LabError::InvalidArgument(format!(
-                "host name {name:?} already used in this lab"
-            )));
-        }
-        self.create_host(name.to_string(), format!("{}-{name}", self.prefix))
+        add_host(&self.prefix, &self.state, name)
     }
 
     /// Connects two hosts of this lab with a direct [`Link`]: a veth pair on a
@@ -148,21 +169,29 @@ impl Lab {
         };
         // '_' cannot follow the lab number in user hosts' namespace names
         // (they use '-'), so routers never clash with hosts.
-        let router = self.create_host(format!("_r{id}"), format!("{}_r{id}", self.prefix))?;
+        let router = self.handle().add_internal_host(&format!("_r{id}"))?;
         DelayedLink::create(a, b, router, id, subnets, one_way).await
     }
 
-    fn create_host(&self, name: String, netns: String) -> Result<Host> {
-        cmd::run(&["ip", "netns", "add", &netns], None)?;
-        let host = Host::new(name, netns);
-        // Registered before configuring, so a failure below still cleans up.
-        self.lock().hosts.push(host.clone());
-        host.ip(&["link", "set", "dev", "lo", "up"])?;
-        host.sysctls(&[
-            ("net/ipv4/ip_forward".into(), "0"),
-            ("net/ipv6/conf/default/disable_ipv6".into(), "1"),
-        ])?;
-        Ok(host)
+    /// Creates a simulated public internet: an ISP router namespace on which
+    /// public hosts and NAT routers are attached (see [`Internet`]). A lab
+    /// may hold several independent internets.
+    pub async fn internet(&self) -> Result<Internet> {
+        let id = {
+            let mut state = self.lock();
+            let id = state.next_internet;
+            state.next_internet += 1;
+            id
+        };
+        Internet::create(self.handle(), id).await
+    }
+
+    /// A weak handle for topologies that add hosts later.
+    pub(crate) fn handle(&self) -> LabHandle {
+        LabHandle {
+            prefix: self.prefix.clone(),
+            state: Arc::downgrade(&self.state),
+        }
     }
 
     fn check_pair(&self, a: &Host, b: &Host) -> Result<()> {
@@ -187,15 +216,73 @@ impl Lab {
     }
 
     fn lock(&self) -> MutexGuard<'_, LabState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_state(&self.state)
     }
+}
+
+fn lock_state(state: &Mutex<LabState>) -> MutexGuard<'_, LabState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`Lab::add_host`] on the lab's shared state.
+fn add_host(prefix: &str, state: &Mutex<LabState>, name: &str) -> Result<Host> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_HOST_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        return Err(LabError::InvalidArgument(format!(
+            "host name {name:?}: use 1..={MAX_HOST_NAME} ASCII letters, digits, '-' or '_'"
+        )));
+    }
+    if lock_state(state).hosts.iter().any(|h| h.name() == name) {
+        return Err(LabError::InvalidArgument(format!(
+            "host name {name:?} already used in this lab"
+        )));
+    }
+    create_host(state, name.to_string(), format!("{prefix}-{name}"))
+}
+
+/// Creates and registers namespace `netns` for a host called `name`.
+fn create_host(state: &Mutex<LabState>, name: String, netns: String) -> Result<Host> {
+    if lock_state(state).closed {
+        return Err(LabError::InvalidArgument(format!(
+            "cannot add host {name:?}: the lab was dropped"
+        )));
+    }
+    cmd::run(&["ip", "netns", "add", &netns], None)?;
+    let host = Host::new(name, netns);
+    // Registered before configuring, so a failure below still cleans up.
+    {
+        let mut state = lock_state(state);
+        if state.closed {
+            drop(state);
+            let _ = cmd::run(&["ip", "netns", "del", host.netns()], None);
+            return Err(LabError::InvalidArgument(format!(
+                "cannot add host {:?}: the lab was dropped",
+                host.name()
+            )));
+        }
+        state.hosts.push(host.clone());
+    }
+    host.ip(&["link", "set", "dev", "lo", "up"])?;
+    host.sysctls(&[
+        ("net/ipv4/ip_forward".into(), "0"),
+        ("net/ipv6/conf/default/disable_ipv6".into(), "1"),
+    ])?;
+    Ok(host)
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let hosts = std::mem::take(&mut self.lock().hosts);
+        let hosts = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.hosts)
+        };
         for host in &hosts {
             host.shutdown();
         }

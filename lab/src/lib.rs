@@ -48,6 +48,36 @@
 //! * **Measurements** ([`udp_rtt_and_loss`], [`udp_probe`],
 //!   [`tcp_throughput_kbit`]) run in-process on the hosts' runtimes; no `ping`
 //!   or `iperf` binary is needed.
+//! * **NAT** ([`Lab::internet`]): an ISP namespace with public hosts and home
+//!   routers ([`NatRouter`]) NATing private LANs with nftables, either
+//!   endpoint-independently or symmetrically ([`NatKind`]); uplinks can be
+//!   cut and delayed ([`Uplink`]). Building a host behind a router verifies
+//!   the NAT by measurement ([`NatRouter::verify_host`]); [`Reflector`],
+//!   [`observed_udp_addr`], [`can_initiate`] and [`udp_hole_punch`] are the
+//!   helpers tests use for the same checks.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use atmosphere_lab::{require_lab, udp_hole_punch, Lab, NatKind, Reflector};
+//!
+//! #[tokio::test]
+//! async fn punches_through() {
+//!     require_lab!();
+//!     let lab = Lab::new().unwrap();
+//!     let internet = lab.internet().await.unwrap();
+//!     let relay = internet.add_public_host("relay").await.unwrap();
+//!     let home_a = internet.add_router("home-a", NatKind::EndpointIndependent).await.unwrap();
+//!     let home_b = internet.add_router("home-b", NatKind::EndpointIndependent).await.unwrap();
+//!     home_a.uplink().set_delay(Duration::from_millis(50)).await.unwrap();
+//!     let alice = home_a.add_host("alice").await.unwrap(); // NAT verified here
+//!     let bob = home_b.add_host("bob").await.unwrap();
+//!     let reflector = Reflector::start(relay.host(), relay.addr()).await.unwrap();
+//!     let punch = udp_hole_punch(alice.host(), bob.host(), reflector.addr(), Duration::from_secs(3))
+//!         .await
+//!         .unwrap();
+//!     assert!(punch.succeeded());
+//! }
+//! ```
 //!
 //! ## Requirements
 //!
@@ -65,6 +95,8 @@ mod host;
 mod lab;
 mod link;
 mod measure;
+mod nat;
+mod natcheck;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -76,6 +108,14 @@ pub use lab::{Lab, MAX_HOST_NAME};
 pub use link::Link;
 pub use measure::{
     tcp_throughput_kbit, udp_probe, udp_rtt_and_loss, wait_udp_reachable, Probe, ProbeConfig,
+};
+pub use nat::{
+    Device, Internet, NatCheck, NatKind, NatRouter, Uplink, ISP_ADDR, ISP_SECOND_ADDR,
+    MAX_ATTACHMENTS, MAX_LAN_HOSTS,
+};
+pub use natcheck::{
+    can_initiate, observed_tcp_addr, observed_udp_addr, observed_udp_addrs, udp_hole_punch,
+    HolePunch, Initiation, Reflector, UdpMapping, OBSERVE_TIMEOUT,
 };
 
 /// Why the lab cannot run on this machine, or `None` if it can.
