@@ -97,6 +97,15 @@ pub struct RunArgs {
     /// Address (with /p2p/PEER_ID) to dial at start (repeatable; added to the configured ones)
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<Multiaddr>,
+    /// Run a relay server for the mesh's members (on a publicly reachable node)
+    #[arg(long)]
+    pub relay_server: bool,
+    /// With --relay-server: relay for peers that are not members too
+    #[arg(long, requires = "relay_server")]
+    pub relay_open: bool,
+    /// Relay (with /p2p/PEER_ID) to reserve a slot on (repeatable; added to the configured ones)
+    #[arg(long = "relay", value_name = "MULTIADDR")]
+    pub relays: Vec<Multiaddr>,
     /// Configuration file [default: DATA_DIR/atmosphere.toml if it exists]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

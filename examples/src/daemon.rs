@@ -114,6 +114,17 @@ pub fn build_config(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Confi
             config.bootstrap.push(addr.clone());
         }
     }
+    if args.relay_server {
+        config.relay_server = true;
+    }
+    if args.relay_open {
+        config.relay_open = true;
+    }
+    for addr in &args.relays {
+        if !config.relays.contains(addr) {
+            config.relays.push(addr.clone());
+        }
+    }
     config.validate()?;
     Ok(config)
 }

@@ -136,6 +136,20 @@ pub struct Config {
     pub reconnect_max_secs: u64,
     /// Seconds a connection with no protocol keeping it alive stays open. Default 60.
     pub idle_timeout_secs: u64,
+    /// Run a circuit relay v2 server for the mesh (a node with a public
+    /// address). Default `false`.
+    pub relay_server: bool,
+    /// Let peers that are not mesh members reserve and open circuits on our
+    /// relay too. Default `false` (members only).
+    pub relay_open: bool,
+    /// Reservations our relay holds at once. Default 128.
+    pub relay_max_reservations: usize,
+    /// Circuits our relay carries at once. Default 256.
+    pub relay_max_circuits: usize,
+    /// Relays (multiaddrs ending in `/p2p/<peer id>`) to reserve a slot on,
+    /// so that members can reach us through them. Default none: members that
+    /// run a relay server are used automatically.
+    pub relays: Vec<Multiaddr>,
 }
 
 /// The user's home-based default data directory, `~/.atmosphere`.
@@ -194,6 +208,11 @@ impl Default for Config {
             reconnect_min_secs: 1,
             reconnect_max_secs: 60,
             idle_timeout_secs: 60,
+            relay_server: false,
+            relay_open: false,
+            relay_max_reservations: 128,
+            relay_max_circuits: 256,
+            relays: Vec::new(),
         }
     }
 }
@@ -290,6 +309,8 @@ impl Config {
             ("probe_direct_secs", self.probe_direct_secs as usize),
             ("probe_ble_secs", self.probe_ble_secs as usize),
             ("probe_relay_secs", self.probe_relay_secs as usize),
+            ("relay_max_reservations", self.relay_max_reservations),
+            ("relay_max_circuits", self.relay_max_circuits),
             ("ack_timeout_floor_ms", self.ack_timeout_floor_ms as usize),
             ("max_pending_calls", self.max_pending_calls),
             ("max_concurrent_handlers", self.max_concurrent_handlers),

@@ -44,5 +44,6 @@ pub use pubsub::Subscription;
 pub use rpc::{Handler, HandlerError};
 pub use types::{
     CallOptions, Invite, InviteOptions, MemberStatus, MeshId, MeshInfo, Message, PathStatus,
-    PathSwitch, PeerEvent, PeerInfo, Permissions, Request, Role, Status, Traffic, VERSION,
+    PathSwitch, PeerEvent, PeerInfo, Permissions, RelayStatus, Request, Role, Status, Traffic,
+    VERSION,
 };

@@ -88,7 +88,11 @@ impl NodeBuilder {
             )
             .map_err(|e| Error::Transport(format!("TCP: {e}")))?
             .with_quic()
-            .with_behaviour(|key| MeshBehaviour::new(key, &config).map_err(Box::from))
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| Error::Transport(format!("relay client: {e}")))?
+            .with_behaviour(|key, relay_client| {
+                MeshBehaviour::new(key, relay_client, &config, shared.clone()).map_err(Box::from)
+            })
             .map_err(|e| Error::Transport(e.to_string()))?
             .with_swarm_config(|c| {
                 c.with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs))

@@ -256,6 +256,37 @@ pub struct Status {
     pub unacked_frames: u64,
     /// Frames refused because an unreachable member's outbox was full.
     pub outbox_refused: u64,
+    /// Relaying and hole punching.
+    pub relay: RelayStatus,
+}
+
+/// Our relay server, our reservations on other relays, and hole punching.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Whether this node runs a relay server.
+    pub server: bool,
+    /// Whether it relays for non-members too.
+    pub open: bool,
+    /// Reservations our relay holds now.
+    pub reservations: usize,
+    /// The most it holds at once.
+    pub max_reservations: usize,
+    /// Circuits our relay carries now.
+    pub circuits: usize,
+    /// The most it carries at once.
+    pub max_circuits: usize,
+    /// Reservation requests our relay refused since start.
+    pub reservations_denied: u64,
+    /// Circuit requests our relay refused since start.
+    pub circuits_denied: u64,
+    /// Relays (peer ids) that hold a reservation for us.
+    pub reserved_on: Vec<String>,
+    /// Hole-punch attempts on relayed connections since start.
+    pub dcutr_attempts: u64,
+    /// Of which succeeded (a direct connection replaced the relayed path).
+    pub dcutr_successes: u64,
+    /// Time from the first relayed connection to the direct one, last success, ms.
+    pub last_time_to_direct_ms: Option<u64>,
 }
 
 /// Frames and bytes on app channels since start (frame bytes, before noise

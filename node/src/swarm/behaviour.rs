@@ -2,14 +2,27 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use libp2p::{
-    gossipsub, identify, identity::Keypair, kad, mdns, swarm::behaviour::toggle::Toggle,
-    swarm::NetworkBehaviour, StreamProtocol,
+    dcutr, gossipsub, identify, identity::Keypair, kad, mdns, relay,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, Multiaddr, PeerId, StreamProtocol,
 };
 
 use atmosphere_behaviours::{channel, heartbeat, membership, train};
 
-use crate::{config::Config, error::Error, types::VERSION};
+use crate::{
+    config::Config,
+    error::Error,
+    shared::{read, Shared},
+    types::VERSION,
+};
+
+/// How long a members' circuit may last on our relay (libp2p's default is
+/// 2 minutes, which would cut app traffic).
+pub(crate) const MEMBER_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// How long a reservation on our relay lasts before the client renews it.
+pub(crate) const RESERVATION_DURATION: Duration = Duration::from_secs(3600);
 
 /// Identify protocol version string.
 pub(crate) const IDENTIFY_PROTOCOL: &str = "/atmosphere/id/1.0.0";
@@ -24,6 +37,9 @@ pub(crate) const MAX_GOSSIP_SIZE: usize = 256 * 1024;
 pub(crate) struct MeshBehaviour {
     pub membership: membership::Behaviour,
     pub channel: channel::Behaviour,
+    pub relay_client: relay::client::Behaviour,
+    pub relay: Toggle<relay::Behaviour>,
+    pub dcutr: dcutr::Behaviour,
     pub train: train::Behaviour,
     pub heartbeat: heartbeat::Behaviour,
     pub identify: identify::Behaviour,
@@ -33,8 +49,16 @@ pub(crate) struct MeshBehaviour {
 }
 
 impl MeshBehaviour {
-    pub(crate) fn new(key: &Keypair, config: &Config) -> Result<Self, Error> {
+    pub(crate) fn new(
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &Config,
+        shared: Arc<Shared>,
+    ) -> Result<Self, Error> {
         let peer = key.public().to_peer_id();
+        let relay = config
+            .relay_server
+            .then(|| relay::Behaviour::new(peer, relay_config(config, shared)));
         let order = config
             .path_order()
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -86,6 +110,9 @@ impl MeshBehaviour {
         Ok(Self {
             membership: membership::Behaviour::new(peer, membership::Config::default()),
             channel: channel::Behaviour::default(),
+            relay_client,
+            relay: Toggle::from(relay),
+            dcutr: dcutr::Behaviour::new(peer),
             train: train::Behaviour::new(peer, train_config),
             heartbeat: heartbeat::Behaviour::new(peer, heartbeat_config),
             identify: identify::Behaviour::new(
@@ -97,4 +124,34 @@ impl MeshBehaviour {
             gossipsub,
         })
     }
+}
+
+/// Our relay server's configuration. Members-only (the default): only peers
+/// verified as members of one of our meshes may reserve a slot or open a
+/// circuit, and circuits last up to a day with no byte limit. Open
+/// (`relay_open`): anyone may, with the same limits (libp2p's relay applies
+/// one set of limits to every circuit), bounded by libp2p's per-peer and
+/// per-IP rate limits.
+fn relay_config(config: &Config, shared: Arc<Shared>) -> relay::Config {
+    let open = config.relay_open;
+    let is_member = move |peer: PeerId, _: &Multiaddr, _: std::time::Instant| {
+        open || read(&shared.remotes)
+            .get(&peer)
+            .is_some_and(|r| r.connected)
+    };
+    let mut relay = relay::Config {
+        max_reservations: config.relay_max_reservations,
+        max_reservations_per_peer: 4,
+        reservation_duration: RESERVATION_DURATION,
+        max_circuits: config.relay_max_circuits,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: MEMBER_CIRCUIT_DURATION,
+        max_circuit_bytes: 0,
+        ..relay::Config::default()
+    };
+    relay
+        .reservation_rate_limiters
+        .push(Box::new(is_member.clone()));
+    relay.circuit_src_rate_limiters.push(Box::new(is_member));
+    relay
 }

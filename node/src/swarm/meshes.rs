@@ -234,15 +234,18 @@ impl Runtime {
                 matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
                     || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
             });
-            if is_loopback {
-                loopback.push(with_peer);
-            } else {
-                endpoints.local.push(with_peer);
+            match atmosphere_behaviours::train::PathClass::classify(&with_peer) {
+                atmosphere_behaviours::train::PathClass::Relayed => endpoints.relay.push(with_peer),
+                atmosphere_behaviours::train::PathClass::Direct => endpoints.public.push(with_peer),
+                _ if is_loopback => loopback.push(with_peer),
+                _ => endpoints.local.push(with_peer),
             }
         }
         // Loopback last: useful for nodes on the same machine, tried after the LAN.
         endpoints.local.extend(loopback);
         endpoints.local.truncate(invite::MAX_ENDPOINTS_PER_GROUP);
+        endpoints.public.truncate(invite::MAX_ENDPOINTS_PER_GROUP);
+        endpoints.relay.truncate(invite::MAX_ENDPOINTS_PER_GROUP);
         let uri = InviteUri {
             token,
             mesh: id,

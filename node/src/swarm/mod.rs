@@ -5,6 +5,7 @@
 mod behaviour;
 mod meshes;
 mod paths;
+mod relays;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -173,6 +174,12 @@ pub(crate) struct Runtime {
     heartbeat_samples: HashMap<ConnectionId, u32>,
     /// Peers whose active path is missing heartbeats.
     suspect_peers: HashSet<PeerId>,
+    /// Relays we know of and our reservations on them.
+    relays: relays::Relays,
+    /// Our relay server's and hole punching's counters.
+    relay_counters: relays::RelayCounters,
+    /// When the first relayed connection to a peer came up (for time to direct).
+    relayed_at: HashMap<PeerId, Instant>,
     /// When each member last had a working path (unix ms).
     last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
@@ -229,6 +236,9 @@ impl Runtime {
             heartbeat_samples: HashMap::new(),
             last_seen_ms: HashMap::new(),
             suspect_peers: HashSet::new(),
+            relays: HashMap::new(),
+            relay_counters: relays::RelayCounters::default(),
+            relayed_at: HashMap::new(),
             early_identify: HashMap::new(),
             // Seeded from the clock so that a restarted node's records rank above
             // its previous process's, even ones still in flight.
@@ -254,6 +264,14 @@ impl Runtime {
             }
             Err(e) => tracing::warn!(error = %e, "store"),
         }
+        for addr in self.config.relays.clone() {
+            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                // A configured relay need not be a mesh member.
+                self.swarm.behaviour_mut().membership.add_exempt(peer);
+            }
+            self.add_relay(addr);
+        }
+        self.reserve_on_relays();
         let mut state_tick = tokio::time::interval(self.config.state_interval());
         let mut ack_tick = tokio::time::interval(ACK_CHECK_INTERVAL);
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,19 +354,33 @@ impl Runtime {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay server is publicly reachable by definition; libp2p's
+                // relay only serves once it has an external address.
+                let circuit = address
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                if self.config.relay_server && !circuit && is_routable_for_hint(&address) {
+                    self.swarm.add_external_address(address);
+                }
             }
+            SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 ..
             } => {
+                let endpoint_for_relays = endpoint.clone();
                 self.connections
                     .entry(peer_id)
                     .or_default()
                     .push((connection_id, endpoint));
                 crate::shared::lock(&self.shared.path_traffic).insert(connection_id, (0, 0));
+                self.note_connection(peer_id, &endpoint_for_relays);
                 self.tune_heartbeats(peer_id);
+                if self.relays.contains_key(&peer_id) {
+                    self.reserve_on_relays();
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -393,6 +425,7 @@ impl Runtime {
         }
         if remaining == 0 {
             self.suspect_peers.remove(&peer);
+            self.relayed_at.remove(&peer);
             self.start_deferred_join(peer);
             self.connections.remove(&peer);
             self.pending_inbound.remove(&peer);
@@ -436,6 +469,9 @@ impl Runtime {
                 self.on_identify(peer_id, info)
             }
             MeshBehaviourEvent::Train(event) => self.on_train_event(event),
+            MeshBehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            MeshBehaviourEvent::Relay(event) => self.on_relay_server_event(event),
+            MeshBehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
             MeshBehaviourEvent::Heartbeat(event) => self.on_heartbeat_event(event),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -617,9 +653,11 @@ impl Runtime {
             self.open_link(peer);
         }
         self.watch_member(peer);
+        self.reserve_on_relays();
     }
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        self.note_relay_capability(peer, &info);
         if !read(&self.shared.remotes).contains_key(&peer) {
             // Bounded by the membership behaviour's limit on unverified peers.
             if self.swarm.is_connected(&peer) {
@@ -779,6 +817,7 @@ impl Runtime {
         self.expire_joins();
         self.expire_outboxes();
         self.repair_links();
+        self.reserve_on_relays();
         let traffic = self.shared.traffic.snapshot();
         let info = atmosphere_behaviours::heartbeat::LocalInfo {
             capabilities: vec!["pubsub".into(), "rpc".into()],
@@ -818,10 +857,11 @@ impl Runtime {
 
     /// Our listen addresses worth telling others.
     fn advertised_addrs(&self) -> Vec<Multiaddr> {
+        let mut seen = HashSet::new();
         self.swarm
             .listeners()
             .chain(self.swarm.external_addresses())
-            .filter(|a| is_routable_for_hint(a))
+            .filter(|a| is_routable_for_hint(a) && seen.insert(*a))
             .take(MAX_ADDRS)
             .cloned()
             .collect()
@@ -929,6 +969,7 @@ impl Runtime {
             retransmitted: sessions.iter().map(|s| s.retransmitted).sum(),
             duplicates_dropped: sessions.iter().map(|s| s.duplicates_dropped).sum(),
             unacked_frames: sessions.iter().map(|s| s.unacked as u64).sum(),
+            relay: self.relay_status(),
             outbox_refused: sessions.iter().map(|s| s.refused_full).sum(),
         }
     }

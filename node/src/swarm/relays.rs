@@ -1,0 +1,267 @@
+//! Relays and hole punching: our relay server (members-only by default), the
+//! reservations we hold on other relays so that members can reach us through
+//! them, and DCUtR upgrades of relayed connections to direct ones (the
+//! connection train then prefers the direct path).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use libp2p::{
+    core::{transport::ListenerId, ConnectedPoint},
+    dcutr,
+    multiaddr::Protocol,
+    relay, Multiaddr, PeerId,
+};
+
+use super::Runtime;
+use crate::{shared::read, types::RelayStatus};
+
+/// Relays we hold (or try to hold) a reservation on, at most.
+pub(super) const MAX_RESERVATIONS: usize = 2;
+/// Relays we know of, at most (configured ones and members running a relay).
+pub(super) const MAX_KNOWN_RELAYS: usize = 16;
+/// How long a failed reservation waits before it is tried again.
+const RESERVATION_RETRY: Duration = Duration::from_secs(30);
+
+/// A relay we know of and our reservation on it.
+pub(super) struct KnownRelay {
+    /// Where to reach it (ends in `/p2p/<relay>`).
+    addr: Multiaddr,
+    /// Our reservation's listener, while one is requested or held.
+    listener: Option<ListenerId>,
+    /// Whether the relay accepted the reservation.
+    accepted: bool,
+    /// When to try again after a failure.
+    retry_at: Option<Instant>,
+}
+
+/// Counters of relaying and hole punching.
+#[derive(Default)]
+pub(super) struct RelayCounters {
+    /// Peers holding a reservation on our relay (libp2p reports a closed
+    /// reservation for every peer whose connection closes, so a count would
+    /// drift; a set does not).
+    pub reservations: std::collections::HashSet<PeerId>,
+    pub circuits: usize,
+    pub reservations_denied: u64,
+    pub circuits_denied: u64,
+    pub dcutr_attempts: u64,
+    pub dcutr_successes: u64,
+    pub last_time_to_direct: Option<Duration>,
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+impl Runtime {
+    /// Registers a relay; returns false if it names no peer or the bound is hit.
+    pub(super) fn add_relay(&mut self, addr: Multiaddr) -> bool {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            tracing::warn!(%addr, "relay address without /p2p/<peer id> ignored");
+            return false;
+        };
+        if peer == self.local_peer()
+            || (self.relays.len() >= MAX_KNOWN_RELAYS && !self.relays.contains_key(&peer))
+        {
+            return false;
+        }
+        self.relays.entry(peer).or_insert(KnownRelay {
+            addr,
+            listener: None,
+            accepted: false,
+            retry_at: None,
+        });
+        true
+    }
+
+    /// Asks for reservations on known relays we are connected to, up to
+    /// [`MAX_RESERVATIONS`]. A relay server does not reserve elsewhere.
+    pub(super) fn reserve_on_relays(&mut self) {
+        if self.config.relay_server {
+            return;
+        }
+        let now = Instant::now();
+        let held = self
+            .relays
+            .values()
+            .filter(|r| r.listener.is_some())
+            .count();
+        let mut room = MAX_RESERVATIONS.saturating_sub(held);
+        let candidates: Vec<PeerId> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| r.listener.is_none() && r.retry_at.is_none_or(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in candidates {
+            if room == 0 {
+                break;
+            }
+            if !self.swarm.is_connected(&peer) {
+                let addr = self.relays[&peer].addr.clone();
+                if let Err(e) = self.swarm.dial(addr) {
+                    tracing::debug!(%peer, error = %e, "cannot dial relay");
+                }
+                continue;
+            }
+            let circuit = self.relays[&peer].addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    tracing::info!(relay = %peer, "requesting a relay reservation");
+                    if let Some(r) = self.relays.get_mut(&peer) {
+                        r.listener = Some(listener);
+                    }
+                    room -= 1;
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %peer, error = %e, "cannot reserve on relay");
+                    if let Some(r) = self.relays.get_mut(&peer) {
+                        r.retry_at = Some(now + RESERVATION_RETRY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A listener ended: if it was a reservation, retry later.
+    pub(super) fn on_listener_closed(&mut self, listener: ListenerId) {
+        let retry = Instant::now() + RESERVATION_RETRY;
+        for (peer, relay) in self.relays.iter_mut() {
+            if relay.listener == Some(listener) {
+                tracing::info!(relay = %peer, "relay reservation ended");
+                relay.listener = None;
+                relay.accepted = false;
+                relay.retry_at = Some(retry);
+            }
+        }
+    }
+
+    /// Identify says `peer` runs a relay server: a member's relay is used
+    /// for reservations.
+    pub(super) fn note_relay_capability(&mut self, peer: PeerId, info: &libp2p::identify::Info) {
+        let hop = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+        if !hop || !read(&self.shared.remotes).contains_key(&peer) {
+            return;
+        }
+        let addr = info
+            .listen_addrs
+            .iter()
+            .find(|a| !is_circuit(a) && super::is_routable_for_hint(a))
+            .cloned();
+        if let Some(addr) = addr {
+            let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+            if self.add_relay(addr) {
+                self.reserve_on_relays();
+            }
+        }
+    }
+
+    pub(super) fn on_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                if let Some(r) = self.relays.get_mut(&relay_peer_id) {
+                    r.accepted = true;
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. }
+            | relay::client::Event::InboundCircuitEstablished {
+                src_peer_id: relay_peer_id,
+                ..
+            } => {
+                tracing::debug!(peer = %relay_peer_id, "relayed circuit established");
+            }
+        }
+    }
+
+    pub(super) fn on_relay_server_event(&mut self, event: relay::Event) {
+        tracing::debug!(?event, "relay server");
+        let c = &mut self.relay_counters;
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. }
+                if c.reservations.len() < self.config.relay_max_reservations =>
+            {
+                c.reservations.insert(src_peer_id);
+            }
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                c.reservations.remove(&src_peer_id);
+            }
+            relay::Event::ReservationReqDenied { src_peer_id, .. } => {
+                c.reservations_denied += 1;
+                tracing::info!(peer = %src_peer_id, "relay reservation refused");
+            }
+            relay::Event::CircuitReqAccepted { .. } => c.circuits += 1,
+            relay::Event::CircuitClosed { .. } => c.circuits = c.circuits.saturating_sub(1),
+            relay::Event::CircuitReqDenied { src_peer_id, .. } => {
+                c.circuits_denied += 1;
+                tracing::info!(peer = %src_peer_id, "relay circuit refused");
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_dcutr_event(&mut self, event: dcutr::Event) {
+        let c = &mut self.relay_counters;
+        c.dcutr_attempts += 1;
+        match event.result {
+            Ok(_) => {
+                c.dcutr_successes += 1;
+                let since = self.relayed_at.remove(&event.remote_peer_id);
+                c.last_time_to_direct = since.map(|t| t.elapsed());
+                tracing::info!(peer = %event.remote_peer_id, after = ?c.last_time_to_direct, "hole punch succeeded: direct path");
+            }
+            Err(error) => {
+                tracing::info!(peer = %event.remote_peer_id, %error, "hole punch failed: staying relayed");
+            }
+        }
+    }
+
+    /// Remembers when the first relayed connection to `peer` came up (for
+    /// the time to direct).
+    pub(super) fn note_connection(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        let addr = match endpoint {
+            ConnectedPoint::Dialer { address, .. } => address,
+            ConnectedPoint::Listener { local_addr, .. } => local_addr,
+        };
+        if is_circuit(addr) && self.relayed_at.len() < MAX_KNOWN_RELAYS * 64 {
+            self.relayed_at.entry(peer).or_insert_with(Instant::now);
+        }
+    }
+
+    /// The relay part of `status`.
+    pub(super) fn relay_status(&self) -> RelayStatus {
+        let c = &self.relay_counters;
+        RelayStatus {
+            server: self.config.relay_server,
+            open: self.config.relay_open,
+            reservations: c.reservations.len(),
+            max_reservations: self.config.relay_max_reservations,
+            circuits: c.circuits,
+            max_circuits: self.config.relay_max_circuits,
+            reservations_denied: c.reservations_denied,
+            circuits_denied: c.circuits_denied,
+            reserved_on: self
+                .relays
+                .iter()
+                .filter(|(_, r)| r.accepted)
+                .map(|(p, _)| p.to_string())
+                .collect(),
+            dcutr_attempts: c.dcutr_attempts,
+            dcutr_successes: c.dcutr_successes,
+            last_time_to_direct_ms: c.last_time_to_direct.map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+/// Known relays (for the runtime's field).
+pub(super) type Relays = HashMap<PeerId, KnownRelay>;
