@@ -362,6 +362,11 @@ impl Runtime {
                 if self.config.relay_server && !circuit && is_routable_for_hint(&address) {
                     self.swarm.add_external_address(address);
                 }
+                // Members learn new ways to reach us (a relayed address in
+                // particular) at once, not at the next announcement.
+                if circuit {
+                    self.announce_state();
+                }
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
             SwarmEvent::ConnectionEstablished {
