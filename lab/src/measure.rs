@@ -338,7 +338,7 @@ async fn join<T>(host: &Host, task: JoinHandle<T>) -> Result<T> {
     task.await.map_err(|e| join_error(host, e))
 }
 
-fn join_error(host: &Host, error: tokio::task::JoinError) -> LabError {
+pub(crate) fn join_error(host: &Host, error: tokio::task::JoinError) -> LabError {
     LabError::Runtime {
         host: host.name().to_string(),
         message: if error.is_cancelled() {
@@ -349,7 +349,7 @@ fn join_error(host: &Host, error: tokio::task::JoinError) -> LabError {
     }
 }
 
-fn runtime_gone(host: &Host) -> LabError {
+pub(crate) fn runtime_gone(host: &Host) -> LabError {
     LabError::Runtime {
         host: host.name().to_string(),
         message: "helper task ended before reporting (lab dropped?)".into(),

@@ -528,9 +528,8 @@ impl NatRouter {
         let outbound = can_initiate(host, isp, ISP_ADDR, wait).await?;
         if !outbound.open() {
             return Err(LabError::Verification(format!(
-                "host `{}` behind router `{}` cannot initiate to the ISP ({ISP_ADDR}): {outbound:?}",
-                host.name(),
-                inner.host.name()
+                "{} cannot initiate to the ISP ({ISP_ADDR}): {outbound:?}",
+                host_behind(host, &inner.host)
             )));
         }
         let inbound = can_initiate(isp, host, self.wan_addr(), wait).await?;
@@ -553,9 +552,8 @@ impl NatRouter {
             .find(|observed| *observed.ip() != self.wan_addr())
         {
             return Err(LabError::Verification(format!(
-                "host `{}` behind router `{}` was seen from {wrong}, not from the router's address {}",
-                host.name(),
-                inner.host.name(),
+                "{} was seen from {wrong}, not from the router's address {}",
+                host_behind(host, &inner.host),
                 self.wan_addr()
             )));
         }
@@ -576,6 +574,11 @@ impl NatRouter {
             inbound,
         })
     }
+}
+
+/// "host `…` behind router `…`", for errors of [`NatRouter::verify_host`].
+fn host_behind(host: &Host, router: &Host) -> String {
+    format!("host `{}` behind router `{}`", host.name(), router.name())
 }
 
 /// A host of an [`Internet`]: public ([`Internet::add_public_host`]) or

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::{LabError, Result};
 use crate::host::Host;
-use crate::measure::AbortOnDrop;
+use crate::measure::{join_error, runtime_gone, AbortOnDrop};
 
 /// How long [`observed_udp_addr`] and friends keep asking a reflector.
 pub const OBSERVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -444,36 +444,16 @@ pub async fn udp_hole_punch(
     timeout: Duration,
 ) -> Result<HolePunch> {
     let session = nonce();
-    let (a_mapped_tx, a_mapped_rx) = oneshot::channel();
-    let (b_mapped_tx, b_mapped_rx) = oneshot::channel();
-    let (a_peer_tx, a_peer_rx) = oneshot::channel();
-    let (b_peer_tx, b_peer_rx) = oneshot::channel();
-    let side_a = AbortOnDrop(a.try_handle()?.spawn(punch_side(
-        a.name().to_string(),
-        session,
-        0,
-        reflector,
-        a_mapped_tx,
-        a_peer_rx,
-        timeout,
-    )));
-    let side_b = AbortOnDrop(b.try_handle()?.spawn(punch_side(
-        b.name().to_string(),
-        session,
-        1,
-        reflector,
-        b_mapped_tx,
-        b_peer_rx,
-        timeout,
-    )));
-    let (a_mapped, b_mapped) = tokio::join!(a_mapped_rx, b_mapped_rx);
+    let side_a = spawn_punch_side(a, session, 0, reflector, timeout)?;
+    let side_b = spawn_punch_side(b, session, 1, reflector, timeout)?;
+    let (a_mapped, b_mapped) = tokio::join!(side_a.mapped, side_b.mapped);
     let a_mapped = a_mapped.map_err(|_| runtime_gone(a))??;
     let b_mapped = b_mapped.map_err(|_| runtime_gone(b))??;
     let start = Instant::now();
-    let _ = a_peer_tx.send(b_mapped);
-    let _ = b_peer_tx.send(a_mapped);
+    let _ = side_a.peer.send(b_mapped);
+    let _ = side_b.peer.send(a_mapped);
     let (a_received_from, b_received_from) =
-        tokio::join!(join_guarded(a, side_a), join_guarded(b, side_b));
+        tokio::join!(join_guarded(a, side_a.task), join_guarded(b, side_b.task));
     Ok(HolePunch {
         a_mapped,
         b_mapped,
@@ -481,6 +461,38 @@ pub async fn udp_hole_punch(
         b_received_from: b_received_from?,
         elapsed: start.elapsed(),
     })
+}
+
+/// A [`punch_side`] running on its host's runtime, with the channels
+/// [`udp_hole_punch`] drives it through.
+struct PunchSide {
+    task: AbortOnDrop<Option<SocketAddrV4>>,
+    /// The side's mapped address, as the reflector saw it.
+    mapped: oneshot::Receiver<Result<SocketAddrV4>>,
+    /// Where to send the other side's mapped address.
+    peer: oneshot::Sender<SocketAddrV4>,
+}
+
+/// Spawns the [`punch_side`] with `role` of punch `session` on `host`.
+fn spawn_punch_side(
+    host: &Host,
+    session: u64,
+    role: u8,
+    reflector: SocketAddrV4,
+    timeout: Duration,
+) -> Result<PunchSide> {
+    let (mapped_tx, mapped) = oneshot::channel();
+    let (peer, peer_rx) = oneshot::channel();
+    let task = AbortOnDrop(host.try_handle()?.spawn(punch_side(
+        host.name().to_string(),
+        session,
+        role,
+        reflector,
+        mapped_tx,
+        peer_rx,
+        timeout,
+    )));
+    Ok(PunchSide { task, mapped, peer })
 }
 
 /// One side of [`udp_hole_punch`], on its host's runtime. Datagrams are
@@ -570,22 +582,4 @@ fn nonce() -> u64 {
 /// Awaits a guarded task spawned on `host`'s runtime.
 async fn join_guarded<T>(host: &Host, mut guard: AbortOnDrop<T>) -> Result<T> {
     (&mut guard.0).await.map_err(|e| join_error(host, e))
-}
-
-fn join_error(host: &Host, error: tokio::task::JoinError) -> LabError {
-    LabError::Runtime {
-        host: host.name().to_string(),
-        message: if error.is_cancelled() {
-            "task cancelled (lab dropped?)".into()
-        } else {
-            format!("task panicked: {error}")
-        },
-    }
-}
-
-fn runtime_gone(host: &Host) -> LabError {
-    LabError::Runtime {
-        host: host.name().to_string(),
-        message: "helper task ended before reporting (lab dropped?)".into(),
-    }
 }

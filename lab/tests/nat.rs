@@ -1,13 +1,13 @@
 //! Tests of the lab's simulated internet with NAT routers. They need root,
 //! `ip`, `nft` and `/dev/net/tun`; elsewhere they skip (and fail in CI).
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use atmosphere_lab::{
     can_initiate, observed_tcp_addr, observed_udp_addr, observed_udp_addrs, require_lab,
-    udp_hole_punch, udp_probe, Device, Internet, Lab, LabError, NatKind, NatRouter, ProbeConfig,
-    Reflector, ISP_ADDR, ISP_SECOND_ADDR,
+    udp_hole_punch, udp_probe, Device, HolePunch, Initiation, Internet, Lab, LabError, NatKind,
+    NatRouter, ProbeConfig, Reflector, UdpMapping, ISP_ADDR, ISP_SECOND_ADDR,
 };
 
 /// How long a negative reachability check waits without delay lines.
@@ -38,6 +38,42 @@ async fn relay_reflector(relay: &Device) -> Reflector {
     Reflector::start(relay.host(), relay.addr()).await.unwrap()
 }
 
+/// A lab with an internet and one endpoint-independent router `home`,
+/// without hosts.
+async fn home_router_lab() -> (Lab, Internet, NatRouter) {
+    let lab = Lab::new().unwrap();
+    let internet = lab.internet().await.unwrap();
+    let router = internet
+        .add_router("home", NatKind::EndpointIndependent)
+        .await
+        .unwrap();
+    (lab, internet, router)
+}
+
+/// Whether `from` can initiate to `to` at `addr` (see [`can_initiate`]),
+/// waiting [`WAIT`].
+async fn initiate(from: &Device, to: &Device, addr: Ipv4Addr) -> Initiation {
+    can_initiate(from.host(), to.host(), addr, WAIT)
+        .await
+        .unwrap()
+}
+
+/// A hole punch between `a` and `b` through `reflector` (see
+/// [`udp_hole_punch`]).
+async fn hole_punch(a: &Device, b: &Device, reflector: &Reflector, timeout: Duration) -> HolePunch {
+    udp_hole_punch(a.host(), b.host(), reflector.addr(), timeout)
+        .await
+        .unwrap()
+}
+
+/// Every reflector saw `mapping` from `router`'s public address.
+fn assert_seen_from_router(mapping: &UdpMapping, router: &NatRouter) {
+    assert!(mapping
+        .observed
+        .iter()
+        .all(|addr| *addr.ip() == router.wan_addr()));
+}
+
 #[tokio::test]
 async fn hosts_behind_a_nat_reach_the_internet_but_not_the_reverse() {
     require_lab!();
@@ -49,9 +85,7 @@ async fn hosts_behind_a_nat_reach_the_internet_but_not_the_reverse() {
     assert_eq!(relay.public_addr(), relay.addr());
 
     // (1) UDP and TCP out to the relay.
-    let out = can_initiate(alice.host(), relay.host(), relay.addr(), WAIT)
-        .await
-        .unwrap();
+    let out = initiate(alice, &relay, relay.addr()).await;
     assert!(out.open(), "alice → relay: {out:?}");
     // The relay sees the router's address, over UDP and TCP.
     let reflector = relay_reflector(&relay).await;
@@ -67,13 +101,9 @@ async fn hosts_behind_a_nat_reach_the_internet_but_not_the_reverse() {
     // (2) The relay cannot initiate: not to the router's public address on a
     // port alice listens on, not to alice's private address (no route on
     // the internet), over neither protocol.
-    let via_wan = can_initiate(relay.host(), alice.host(), router.wan_addr(), WAIT)
-        .await
-        .unwrap();
+    let via_wan = initiate(&relay, alice, router.wan_addr()).await;
     assert!(via_wan.blocked(), "relay → alice via the NAT: {via_wan:?}");
-    let private = can_initiate(relay.host(), alice.host(), alice.addr(), WAIT)
-        .await
-        .unwrap();
+    let private = initiate(&relay, alice, alice.addr()).await;
     assert!(
         private.blocked(),
         "relay → alice's private address: {private:?}"
@@ -82,9 +112,7 @@ async fn hosts_behind_a_nat_reach_the_internet_but_not_the_reverse() {
     // Public hosts reach each other both ways.
     let other = internet.add_public_host("other").await.unwrap();
     for (from, to) in [(&relay, &other), (&other, &relay)] {
-        let reach = can_initiate(from.host(), to.host(), to.addr(), WAIT)
-            .await
-            .unwrap();
+        let reach = initiate(from, to, to.addr()).await;
         assert!(reach.open(), "{from:?} → {to:?}: {reach:?}");
     }
 }
@@ -109,10 +137,7 @@ async fn endpoint_independent_nat_keeps_one_port_for_all_destinations() {
     eprintln!("endpoint-independent: {mapping:?}");
     assert!(mapping.is_endpoint_independent(), "{mapping:?}");
     assert!(mapping.preserves_port(), "{mapping:?}");
-    assert!(mapping
-        .observed
-        .iter()
-        .all(|addr| *addr.ip() == router.wan_addr()));
+    assert_seen_from_router(&mapping, router);
 
     // A chosen local port is kept too.
     let fixed = observed_udp_addrs(alice.host(), 40_123, &destinations)
@@ -180,18 +205,11 @@ async fn address_dependent_nat_maps_each_destination_to_its_own_port() {
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), 3, "ports repeat: {mapping:?}");
-    assert!(mapping
-        .observed
-        .iter()
-        .all(|addr| *addr.ip() == router.wan_addr()));
+    assert_seen_from_router(&mapping, router);
     // Outbound still works; inbound is still closed.
-    let out = can_initiate(bob.host(), relay.host(), relay.addr(), WAIT)
-        .await
-        .unwrap();
+    let out = initiate(bob, &relay, relay.addr()).await;
     assert!(out.open(), "{out:?}");
-    let inbound = can_initiate(relay.host(), bob.host(), router.wan_addr(), WAIT)
-        .await
-        .unwrap();
+    let inbound = initiate(&relay, bob, router.wan_addr()).await;
     assert!(inbound.blocked(), "{inbound:?}");
 }
 
@@ -204,20 +222,11 @@ async fn hole_punch_between_endpoint_independent_nats_succeeds() {
     let (router_b, bob) = &homes[1];
     let reflector = relay_reflector(&relay).await;
     // Without punching, neither can reach the other.
-    let cold = can_initiate(alice.host(), bob.host(), router_b.wan_addr(), WAIT)
-        .await
-        .unwrap();
+    let cold = initiate(alice, bob, router_b.wan_addr()).await;
     assert!(cold.blocked(), "{cold:?}");
     // Repeated, since the outcome could depend on who sends first.
     for round in 0..5 {
-        let punch = udp_hole_punch(
-            alice.host(),
-            bob.host(),
-            reflector.addr(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
+        let punch = hole_punch(alice, bob, &reflector, Duration::from_secs(3)).await;
         eprintln!("round {round}: {punch:?}");
         assert!(punch.succeeded(), "round {round}: {punch:?}");
         assert_eq!(*punch.a_mapped.ip(), router_a.wan_addr());
@@ -242,9 +251,7 @@ async fn hole_punch_with_an_address_dependent_nat_fails() {
     let bob = &homes[1].1;
     let carol = &homes[2].1;
     for (a, b) in [(alice, bob), (bob, alice), (bob, carol)] {
-        let punch = udp_hole_punch(a.host(), b.host(), reflector.addr(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let punch = hole_punch(a, b, &reflector, Duration::from_secs(1)).await;
         eprintln!("{} ↔ {}: {punch:?}", a.host().name(), b.host().name());
         assert!(!punch.succeeded(), "{punch:?}");
     }
@@ -295,14 +302,7 @@ async fn router_uplinks_with_50ms_latency() {
 
     // alice ↔ bob crosses two delayed uplinks: a punch needs ≥ 200 ms.
     let reflector = relay_reflector(&relay).await;
-    let punch = udp_hole_punch(
-        alice.host(),
-        bob.host(),
-        reflector.addr(),
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let punch = hole_punch(alice, bob, &reflector, Duration::from_secs(3)).await;
     eprintln!("punch with 50 ms uplinks: {punch:?}");
     assert!(punch.succeeded(), "{punch:?}");
     assert!(punch.elapsed >= Duration::from_millis(198), "{punch:?}");
@@ -398,20 +398,13 @@ async fn uplinks_go_down_and_come_back() {
 #[tokio::test]
 async fn hosts_behind_one_router_share_its_lan_and_mapping_address() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let internet = lab.internet().await.unwrap();
-    let router = internet
-        .add_router("home", NatKind::EndpointIndependent)
-        .await
-        .unwrap();
+    let (_lab, internet, router) = home_router_lab().await;
     let a = router.add_host("a").await.unwrap();
     let b = router.add_host("b").await.unwrap();
     assert_eq!(router.lan_subnet(), "192.168.1.0/24");
     assert_eq!(a.addr().octets()[..3], b.addr().octets()[..3]);
     // Directly reachable on the LAN, both ways.
-    let reach = can_initiate(a.host(), b.host(), b.addr(), WAIT)
-        .await
-        .unwrap();
+    let reach = initiate(&a, &b, b.addr()).await;
     assert!(reach.open(), "{reach:?}");
     let [isp1, _] = internet.reflectors();
     let seen_a = observed_udp_addr(a.host(), isp1).await.unwrap();
@@ -429,12 +422,7 @@ async fn hosts_behind_one_router_share_its_lan_and_mapping_address() {
 #[tokio::test]
 async fn dropping_the_lab_removes_the_internet() {
     require_lab!();
-    let lab = Lab::new().unwrap();
-    let internet = lab.internet().await.unwrap();
-    let router = internet
-        .add_router("home", NatKind::EndpointIndependent)
-        .await
-        .unwrap();
+    let (lab, internet, router) = home_router_lab().await;
     router
         .uplink()
         .set_delay(Duration::from_millis(5))

@@ -4,52 +4,30 @@
 //! `tc` (see `scripts/test.sh`); outside CI they skip with a reason when
 //! those are missing, in CI they fail instead.
 
+mod common;
+
 use std::{
     net::Ipv4Addr,
-    path::Path,
     time::{Duration, Instant},
 };
 
-use atmosphere::{
-    CallOptions, Config, InviteOptions, MemberStatus, Node, NodeBuilder, PathStatus, PeerEvent,
-    PeerId,
-};
+use atmosphere::{CallOptions, InviteOptions, MemberStatus, Node, PathStatus, PeerEvent, PeerId};
 use atmosphere_lab::{require_lab, Host, Lab};
 use bytes::Bytes;
-use tempfile::TempDir;
+use common::TestNode;
 
 /// Generous bound for anything the tests wait for.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A node running inside a lab host.
-struct LabNode {
-    node: Node,
-    _dir: TempDir,
-}
-
-async fn start(host: &Host, name: &str) -> LabNode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = lab_config(dir.path(), name);
-    let node = host
-        .spawn(async move { NodeBuilder::new(config).build().await })
-        .await
-        .expect("node task")
-        .expect("node starts");
-    LabNode { node, _dir: dir }
-}
-
-fn lab_config(dir: &Path, name: &str) -> Config {
-    let mut config = Config::ephemeral(dir);
-    config.name = Some(name.to_owned());
-    // Every interface of the host's namespace: one address per link.
-    config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr")];
-    // A restored link is found by probing: probe often so the test is short.
-    config.probe_lan_secs = 2;
-    config
+/// Starts a node in `host`, listening on every interface of the host's
+/// namespace (one address per link), probing often so that a restored link
+/// is found quickly.
+async fn start(host: &Host, name: &str) -> TestNode {
+    common::start_in(host, name, |config| {
+        config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr")];
+        config.probe_lan_secs = 2;
+    })
+    .await
 }
 
 /// `b` joins the mesh `a` founds.
@@ -190,8 +168,8 @@ struct TwoLans {
     _lab: Lab,
     fast: atmosphere_lab::Link,
     slow: atmosphere_lab::DelayedLink,
-    a: LabNode,
-    b: LabNode,
+    a: TestNode,
+    b: TestNode,
 }
 
 async fn two_lans() -> TwoLans {

@@ -3,37 +3,23 @@
 //! member that runs a relay on the public side, and DCUtR upgrades their
 //! relayed connection to a direct one that the train then uses.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use atmosphere::{listen_on_port, Config, InviteOptions, MemberStatus, Node, NodeBuilder, PeerId};
+use atmosphere::{listen_on_port, Config, InviteOptions, MemberStatus, Node, PeerId};
 use atmosphere_lab::{require_lab, Device, Lab, NatKind};
 use bytes::Bytes;
-use tempfile::TempDir;
+use common::TestNode;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-struct LabNode {
-    node: Node,
-    _dir: TempDir,
-}
-
-async fn start(device: &Device, name: &str, tweak: impl FnOnce(&mut Config)) -> LabNode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::ephemeral(dir.path());
-    config.name = Some(name.to_owned());
-    config.listen = listen_on_port(0);
-    tweak(&mut config);
-    let node = device
-        .host()
-        .spawn(async move { NodeBuilder::new(config).build().await })
-        .await
-        .expect("node task")
-        .expect("node starts");
-    LabNode { node, _dir: dir }
+async fn start(device: &Device, name: &str, tweak: impl FnOnce(&mut Config)) -> TestNode {
+    common::start_in(device.host(), name, |config| {
+        config.listen = listen_on_port(0);
+        tweak(config);
+    })
+    .await
 }
 
 async fn wait_for<F, Fut, T>(what: &str, mut check: F) -> T
@@ -68,9 +54,9 @@ async fn active_class(node: &Node, peer: PeerId) -> Option<String> {
 /// given kind and a 50 ms uplink; both hold a reservation on the relay.
 struct Homes {
     _lab: Lab,
-    relay: LabNode,
-    alice: LabNode,
-    bob: LabNode,
+    relay: TestNode,
+    alice: TestNode,
+    bob: TestNode,
 }
 
 async fn homes(bob_nat: NatKind) -> Homes {
