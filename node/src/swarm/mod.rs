@@ -356,9 +356,7 @@ impl Runtime {
                 tracing::info!(%address, "listening");
                 // A relay server is publicly reachable by definition; libp2p's
                 // relay only serves once it has an external address.
-                let circuit = address
-                    .iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                let circuit = relays::is_circuit(&address);
                 if self.config.relay_server && !circuit && is_routable_for_hint(&address) {
                     self.swarm.add_external_address(address);
                 }

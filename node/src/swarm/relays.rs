@@ -15,6 +15,8 @@ use libp2p::{
     relay, Multiaddr, PeerId,
 };
 
+use atmosphere_behaviours::train::{path, PathClass};
+
 use super::Runtime;
 use crate::{shared::read, types::RelayStatus};
 
@@ -52,8 +54,9 @@ pub(super) struct RelayCounters {
     pub last_time_to_direct: Option<Duration>,
 }
 
-fn is_circuit(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+/// Whether `addr` goes through a relay (the train's classification).
+pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
+    PathClass::classify(addr) == PathClass::Relayed
 }
 
 impl Runtime {
@@ -229,11 +232,8 @@ impl Runtime {
     /// Remembers when the first relayed connection to `peer` came up (for
     /// the time to direct).
     pub(super) fn note_connection(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
-        let addr = match endpoint {
-            ConnectedPoint::Dialer { address, .. } => address,
-            ConnectedPoint::Listener { local_addr, .. } => local_addr,
-        };
-        if is_circuit(addr) && self.relayed_at.len() < MAX_KNOWN_RELAYS * 64 {
+        let addr = path::endpoint_addr(&peer, endpoint);
+        if is_circuit(&addr) && self.relayed_at.len() < MAX_KNOWN_RELAYS * 64 {
             self.relayed_at.entry(peer).or_insert_with(Instant::now);
         }
     }
