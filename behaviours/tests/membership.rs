@@ -1103,3 +1103,51 @@ async fn dialer_refused_by_the_listener_does_not_verify_it() {
     )
     .await;
 }
+
+/// A relay keeps a stranger connected: no rejection, no close, and the
+/// stranger is never verified; a silent peer is kept past the hello timeout.
+#[tokio::test]
+async fn a_relay_keeps_non_members_connected_without_verifying_them() {
+    let mesh = TestMesh::new("home");
+    let relay_config = membership::Config {
+        hello_timeout: Duration::from_millis(500),
+        keep_non_members: true,
+        ..config()
+    };
+    let mut relay = member(&mesh, relay_config.clone());
+    let mut stranger = stranger(config());
+    // The stranger uses the relay (as a configured relay: exempt).
+    let relay_id = *relay.local_peer_id();
+    stranger.behaviour_mut().add_exempt(relay_id);
+    dial(&mut stranger, &mut relay).await;
+    let stranger_id = *stranger.local_peer_id();
+    let seen = drive_for(&mut stranger, &mut relay, Duration::from_secs(3)).await;
+    for (side, event) in &seen {
+        if *side == Side::B {
+            assert!(
+                !matches!(event, SwarmEvent::ConnectionClosed { .. }),
+                "the relay closed the stranger's connection: {event:?}"
+            );
+            assert!(
+                !matches!(event, SwarmEvent::Behaviour(Event::Verified { .. })),
+                "the relay verified a stranger"
+            );
+        }
+    }
+    assert!(relay.is_connected(&stranger_id));
+    assert!(relay.behaviour().verified(&stranger_id).is_none());
+
+    // A peer that never says hello stays too.
+    let mut relay = member(&mesh, relay_config);
+    let mut silent = silent();
+    let (addr, _) = relay.listen().with_memory_addr_external().await;
+    silent.dial(addr).unwrap();
+    let silent_id = *silent.local_peer_id();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let _ = next_event(&mut silent, &mut relay).await;
+        }
+    })
+    .await;
+    assert!(relay.is_connected(&silent_id));
+}

@@ -150,6 +150,9 @@ pub struct Config {
     /// so that members can reach us through them. Default none: members that
     /// run a relay server are used automatically.
     pub relays: Vec<Multiaddr>,
+    /// Ask the home router for a port mapping over UPnP IGD, so that peers
+    /// can dial us directly. Default `false` (it opens a port on the router).
+    pub upnp: bool,
 }
 
 /// The user's home-based default data directory, `~/.atmosphere`.
@@ -210,6 +213,7 @@ impl Default for Config {
             idle_timeout_secs: 60,
             relay_server: false,
             relay_open: false,
+            upnp: false,
             relay_max_reservations: 128,
             relay_max_circuits: 256,
             relays: Vec::new(),

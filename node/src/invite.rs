@@ -70,6 +70,37 @@ impl Endpoints {
     pub fn all(&self) -> impl Iterator<Item = &Multiaddr> {
         self.local.iter().chain(&self.public).chain(&self.relay)
     }
+
+    /// The groups in the order a join tries them, each with its endpoints.
+    pub fn groups(&self) -> [(EndpointGroup, &[Multiaddr]); 3] {
+        [
+            (EndpointGroup::Local, &self.local),
+            (EndpointGroup::Public, &self.public),
+            (EndpointGroup::Relay, &self.relay),
+        ]
+    }
+}
+
+/// The group an invite endpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointGroup {
+    /// A LAN address of the admitting node.
+    Local,
+    /// A public address of the admitting node.
+    Public,
+    /// A relayed address (`…/p2p-circuit/p2p/<node>`).
+    Relay,
+}
+
+impl std::fmt::Display for EndpointGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndpointGroup::Local => "local",
+            EndpointGroup::Public => "public",
+            EndpointGroup::Relay => "relay",
+        })
+    }
 }
 
 /// A parsed invite.

@@ -43,7 +43,7 @@ pub use node::{Node, NodeBuilder, STORE_FILE};
 pub use pubsub::Subscription;
 pub use rpc::{Handler, HandlerError};
 pub use types::{
-    CallOptions, Invite, InviteOptions, MemberStatus, MeshId, MeshInfo, Message, PathStatus,
-    PathSwitch, PeerEvent, PeerInfo, Permissions, RelayStatus, Request, Role, Status, Traffic,
-    VERSION,
+    CallOptions, Invite, InviteOptions, JoinReport, MemberStatus, MeshId, MeshInfo, Message,
+    NetworkStatus, PathStatus, PathSwitch, PeerEvent, PeerInfo, Permissions, Reachability,
+    RelayStatus, Request, Role, SavedEndpoint, Status, Traffic, UpnpStatus, VERSION,
 };

@@ -18,7 +18,10 @@ use crate::{
     shared::{write, Limits, Shared},
     store::Store,
     swarm::{Command, MeshBehaviour, Runtime},
-    types::{CallOptions, Invite, InviteOptions, MeshInfo, PeerInfo, Request, Status, VERSION},
+    types::{
+        CallOptions, Invite, InviteOptions, JoinReport, MeshInfo, PeerInfo, Request, Status,
+        VERSION,
+    },
 };
 
 /// Commands queued to the swarm task, at most.
@@ -301,10 +304,26 @@ impl Node {
         .await?
     }
 
-    /// Joins a mesh with an invite URI.
+    /// Joins a mesh with an invite URI (v2 or the legacy v1 form). The
+    /// invite's endpoints are tried local, then public, then relay.
     pub async fn join(&self, uri: &str) -> Result<MeshInfo, Error> {
+        Ok(self.join_with_report(uri).await?.mesh)
+    }
+
+    /// Joins like [`Node::join`] and reports which invite endpoint
+    /// connected and the path the join ended on.
+    pub async fn join_with_report(&self, uri: &str) -> Result<JoinReport, Error> {
         let invite = InviteUri::parse(uri)?;
         self.ask(|reply| Command::Join { invite, reply }).await?
+    }
+
+    /// Turns reconnection to a mesh's members on (the default) or off.
+    /// Off: connections that exist stay, lost ones are not re-dialled, and
+    /// a restart does not dial the mesh's members.
+    pub async fn set_auto_reconnect(&self, mesh: &str, on: bool) -> Result<MeshInfo, Error> {
+        let mesh = mesh.to_owned();
+        self.ask(|reply| Command::SetAutoReconnect { mesh, on, reply })
+            .await?
     }
 
     /// The meshes this node is in.

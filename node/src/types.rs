@@ -116,6 +116,56 @@ pub struct MeshInfo {
     pub members: usize,
     /// Members currently connected.
     pub connected: usize,
+    /// `connected`, `reconnecting` (members known, none connected, the
+    /// node keeps trying), `paused` (none connected, `auto_reconnect` off)
+    /// or `alone` (no other member known).
+    pub state: String,
+    /// How the connected members are reached: the best path class of each
+    /// (`lan`, `direct`, `relayed`, `ble`), most common first.
+    pub connected_via: Vec<String>,
+    /// Unix seconds when a member of this mesh was last connected.
+    pub last_seen: Option<i64>,
+    /// Whether the node reconnects to this mesh's members on start and
+    /// after losing them. Default `true`.
+    pub auto_reconnect: bool,
+    /// Every saved way to reach the mesh's members, most recent success first.
+    pub endpoints: Vec<SavedEndpoint>,
+}
+
+/// A saved endpoint of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEndpoint {
+    /// The member.
+    pub peer_id: String,
+    /// `local`, `public` or `relay`.
+    pub kind: crate::invite::EndpointGroup,
+    /// The multiaddr.
+    pub addr: String,
+    /// Unix seconds of the last connection made through it.
+    pub last_success: Option<i64>,
+    /// Latency measured on that connection, milliseconds.
+    pub latency_ms: Option<u32>,
+}
+
+/// What [`crate::Node::join_with_report`] reports: the mesh joined, which
+/// invite endpoint the connection went through, and the path it ended on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReport {
+    /// The mesh joined (its fields appear at the top level in JSON).
+    #[serde(flatten)]
+    pub mesh: MeshInfo,
+    /// The invite endpoint that connected (`None` when a connection to the
+    /// admitting node already existed).
+    pub endpoint: Option<String>,
+    /// Its group in the invite (`local`, `public` or `relay`).
+    pub endpoint_group: Option<crate::invite::EndpointGroup>,
+    /// The class of the path in use when the join completed (`lan`,
+    /// `direct`, `relayed`, `ble`).
+    pub path: Option<String>,
+    /// Endpoint groups tried, in order, before the answer came.
+    pub tried: Vec<crate::invite::EndpointGroup>,
+    /// Time from the join request to the answer, milliseconds.
+    pub elapsed_ms: u64,
 }
 
 /// A member or connected peer as this node sees it.
@@ -258,6 +308,61 @@ pub struct Status {
     pub outbox_refused: u64,
     /// Relaying and hole punching.
     pub relay: RelayStatus,
+    /// How this node is reachable from the internet.
+    pub network: NetworkStatus,
+}
+
+/// Whether this node can be reached from the internet, as AutoNAT v2 found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// No test has finished yet (or no peer offers AutoNAT).
+    #[default]
+    Unknown,
+    /// A peer dialled one of our addresses back: members can connect to us
+    /// directly, we hold no relay reservation.
+    Public,
+    /// Every address tested failed: members reach us through a relay (and
+    /// hole punching).
+    Private,
+}
+
+/// Our addresses as we see them and as the internet sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// Our first LAN address (private, link-local or loopback), if any.
+    pub local_ip: Option<String>,
+    /// Our public address: a confirmed external address, else the address
+    /// peers see most often.
+    pub public_ip: Option<String>,
+    /// Whether the public address differs from every local one (`None`
+    /// while no peer has told us how it sees us).
+    pub is_behind_nat: Option<bool>,
+    /// What AutoNAT v2 found.
+    pub reachability: Reachability,
+    /// Where we listen (no relayed or unspecified addresses).
+    pub local_addrs: Vec<String>,
+    /// Addresses confirmed reachable from outside (AutoNAT v2 or UPnP).
+    pub public_addrs: Vec<String>,
+    /// How peers see us (identify's observed addresses), most seen first.
+    pub observed_addrs: Vec<String>,
+    /// AutoNAT v2 reachability tests finished since start.
+    pub autonat_tests: u64,
+    /// Of which confirmed an address.
+    pub autonat_confirmed: u64,
+    /// UPnP port mapping.
+    pub upnp: UpnpStatus,
+}
+
+/// UPnP port mapping on the home router (off unless `upnp = true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpnpStatus {
+    /// Whether port mapping is on.
+    pub enabled: bool,
+    /// `searching`, `mapped`, `no_gateway` or `gateway_not_public`.
+    pub state: String,
+    /// External addresses the gateway maps to us.
+    pub mapped: Vec<String>,
 }
 
 /// Our relay server, our reservations on other relays, and hole punching.

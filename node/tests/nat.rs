@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use atmosphere::{listen_on_port, Config, InviteOptions, MemberStatus, Node, PeerId};
+use atmosphere::{listen_on_port, Config, InviteOptions, MemberStatus, Node, PeerId, Reachability};
 use atmosphere_lab::{require_lab, Device, Lab, NatKind};
 use bytes::Bytes;
 use common::TestNode;
@@ -169,6 +169,28 @@ async fn members_behind_two_nats_meet_through_the_relay_and_go_direct() {
     })
     .await;
     eprintln!("direct after {:?}", started.elapsed());
+    // Each side knows it is behind NAT and how the internet sees it; the
+    // relay knows it is public.
+    for member in [alice, bob] {
+        let network = wait_for("a member's public address", || async {
+            let network = member.status().await.ok()?.network;
+            network.public_ip.is_some().then_some(network)
+        })
+        .await;
+        assert_eq!(network.is_behind_nat, Some(true), "{network:?}");
+        assert!(network
+            .public_ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("198.51.100.")));
+        assert!(network
+            .local_ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("192.168.")));
+        assert!(network.public_addrs.is_empty(), "{network:?}");
+    }
+    let network = net.relay.node.status().await.expect("status").network;
+    assert_eq!(network.is_behind_nat, Some(false), "{network:?}");
+    assert_eq!(network.reachability, Reachability::Public, "{network:?}");
     let punched = alice.status().await.expect("status").relay.dcutr_successes
         + bob.status().await.expect("status").relay.dcutr_successes;
     assert!(punched >= 1, "the direct path came from a hole punch");
@@ -211,4 +233,272 @@ async fn behind_a_symmetric_nat_the_mesh_stays_on_the_relay() {
         0,
         "no direct path through a symmetric NAT"
     );
+}
+
+/// Counts the numbered messages a subscriber gets and checks they arrive
+/// exactly once, in order.
+async fn collect_in_order(mut sub: atmosphere::Subscription, until: u32) -> Result<u32, String> {
+    let mut next = 0u32;
+    while next < until {
+        let message = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .map_err(|_| format!("message {next} did not arrive"))?
+            .ok_or("subscription closed")?;
+        let n = u32::from_be_bytes(
+            message.payload[..]
+                .try_into()
+                .map_err(|_| "bad payload".to_string())?,
+        );
+        if n != next {
+            return Err(format!("expected message {next}, got {n}"));
+        }
+        next += 1;
+    }
+    Ok(next)
+}
+
+/// App bytes alice has received from `peer` per path class.
+async fn bytes_by_class(node: &Node, peer: PeerId) -> Vec<(String, u64)> {
+    node.peers()
+        .await
+        .ok()
+        .and_then(|peers| peers.into_iter().find(|p| p.peer_id == peer.to_string()))
+        .map(|p| {
+            p.paths
+                .into_iter()
+                .map(|path| (path.class, path.app_bytes_received))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The whole story with an open relay that is not a member: bob
+/// founds the mesh behind a home NAT and reserves on the relay; alice,
+/// behind another NAT, joins with an invite whose only reachable endpoint
+/// is the relayed one; pub/sub and RPC run over the relay, the hole punch
+/// moves traffic to a direct path while bob keeps publishing (nothing lost),
+/// the relay dies (nothing lost: the direct path carries on), and after both
+/// members and the relay restart they find each other again from what they
+/// saved, with no new invite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_join_goes_direct_and_survives_relay_loss_and_restarts() {
+    require_lab!();
+    let lab = Lab::new().expect("lab");
+    let internet = lab.internet().await.expect("internet");
+    let relay_dev = internet.add_public_host("relay").await.expect("relay host");
+    let home_a = internet
+        .add_router("home-a", NatKind::EndpointIndependent)
+        .await
+        .expect("home a");
+    let home_b = internet
+        .add_router("home-b", NatKind::EndpointIndependent)
+        .await
+        .expect("home b");
+    for home in [&home_a, &home_b] {
+        home.uplink()
+            .set_delay(Duration::from_millis(50))
+            .await
+            .expect("50 ms uplink");
+    }
+    let alice_dev = home_a.add_host("alice").await.expect("alice host");
+    let bob_dev = home_b.add_host("bob").await.expect("bob host");
+    let public = relay_dev.addr();
+    let relay_listen = move |c: &mut Config| {
+        c.relay_server = true;
+        c.relay_open = true;
+        c.listen = vec![format!("/ip4/{public}/tcp/4001")
+            .parse()
+            .expect("relay addr")];
+    };
+    let relay = start(&relay_dev, "relay", relay_listen).await;
+    let relay_addr: atmosphere::Multiaddr =
+        format!("/ip4/{public}/tcp/4001/p2p/{}", relay.node.peer_id())
+            .parse()
+            .expect("relay multiaddr");
+    let bob_config = {
+        let relay_addr = relay_addr.clone();
+        move |c: &mut Config| c.relays = vec![relay_addr]
+    };
+    let bob = start(&bob_dev, "bob", bob_config.clone()).await;
+    let alice = start(&alice_dev, "alice", |_| {}).await;
+    bob.node.create_mesh("home").await.expect("mesh");
+    wait_for("bob's reservation on the relay", || async {
+        let relay = bob.node.status().await.ok()?.relay;
+        (!relay.reserved_on.is_empty()).then_some(())
+    })
+    .await;
+    bob.node
+        .register("home.echo", |req: atmosphere::Request| async move {
+            Ok(req.args)
+        })
+        .await
+        .expect("register");
+    let invite = bob
+        .node
+        .invite(None, InviteOptions::default())
+        .await
+        .expect("invite");
+    let parsed = atmosphere::invite::InviteUri::parse(&invite.uri).expect("parse");
+    assert!(!parsed.endpoints.relay.is_empty(), "{invite:?}");
+    assert!(!parsed.endpoints.local.is_empty(), "{invite:?}");
+
+    // The join: bob's LAN addresses are unreachable from alice's home, the
+    // relayed one works.
+    let report = alice
+        .node
+        .join_with_report(&invite.uri)
+        .await
+        .expect("join");
+    eprintln!("join report: {report:?}");
+    assert_eq!(
+        report.endpoint_group,
+        Some(atmosphere::invite::EndpointGroup::Relay)
+    );
+    assert_eq!(
+        report.tried.first(),
+        Some(&atmosphere::invite::EndpointGroup::Local)
+    );
+    let (pa, pb) = (alice.node.peer_id(), bob.node.peer_id());
+
+    // Bob streams numbered messages to alice from now on, through the
+    // relay, the hole punch and the relay's death.
+    let sub = alice
+        .node
+        .subscribe("home.stream")
+        .await
+        .expect("subscribe");
+    wait_for("bob knows alice's subscription", || async {
+        bob.node
+            .peers()
+            .await
+            .ok()?
+            .iter()
+            .any(|p| p.peer_id == pa.to_string() && !p.subscriptions.is_empty())
+            .then_some(())
+    })
+    .await;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (bob, sent, stop) = (bob.node.clone(), sent.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                bob.publish("home.stream", Bytes::from(n.to_be_bytes().to_vec()))
+                    .await
+                    .expect("publish");
+                n += 1;
+                sent.store(n, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    // RPC works over whatever path carries the mesh now (relayed at first).
+    let echoed = alice
+        .node
+        .call(
+            "home.echo",
+            Bytes::from_static(b"ping"),
+            atmosphere::CallOptions::default(),
+        )
+        .await
+        .expect("rpc over the relay");
+    assert_eq!(&echoed[..], b"ping");
+    wait_for("app bytes over the relayed path", || async {
+        bytes_by_class(&alice.node, pb)
+            .await
+            .iter()
+            .any(|(class, bytes)| class == "relayed" && *bytes > 0)
+            .then_some(())
+    })
+    .await;
+    wait_for("a direct active path", || async {
+        (active_class(&alice.node, pb).await.as_deref() == Some("direct")
+            && active_class(&bob.node, pa).await.as_deref() == Some("direct"))
+        .then_some(())
+    })
+    .await;
+    // Traffic moved: the direct path's byte counter grows.
+    let direct_bytes = |paths: Vec<(String, u64)>| {
+        paths
+            .into_iter()
+            .filter(|(c, _)| c == "direct")
+            .map(|(_, b)| b)
+            .sum::<u64>()
+    };
+    let before = direct_bytes(bytes_by_class(&alice.node, pb).await);
+    wait_for("app bytes over the direct path", || async {
+        (direct_bytes(bytes_by_class(&alice.node, pb).await) > before).then_some(())
+    })
+    .await;
+
+    // The relay dies while the direct path carries the stream.
+    let relay = {
+        let TestNode { node, _dir } = relay;
+        node.shutdown().await;
+        drop(node);
+        _dir
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        active_class(&alice.node, pb).await.as_deref(),
+        Some("direct")
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let total = publisher.await.expect("publisher");
+    let received = collect_in_order(sub, total)
+        .await
+        .expect("every message, in order");
+    assert_eq!(received, total);
+    eprintln!("{total} messages through relay, punch and relay loss, none lost");
+
+    // Everything restarts: no new invite, only what was saved.
+    let relay = common::start_on_dir(relay_dev.host(), relay, "relay", relay_listen).await;
+    let bob = common::restart_in(bob_dev.host(), bob, "bob", |c| {
+        c.listen = listen_on_port(0);
+        bob_config(c)
+    })
+    .await;
+    let alice = common::restart_in(alice_dev.host(), alice, "alice", |c| {
+        c.listen = listen_on_port(0);
+    })
+    .await;
+    let mesh = wait_for("alice and bob meet again from saved endpoints", || async {
+        let meshes = alice.node.list_meshes().await.ok()?;
+        let mesh = meshes.into_iter().next()?;
+        (mesh.state == "connected").then_some(mesh)
+    })
+    .await;
+    eprintln!("after the restarts: connected via {:?}", mesh.connected_via);
+    assert!(
+        mesh.connected_via
+            .iter()
+            .all(|c| c == "direct" || c == "relayed"),
+        "{mesh:?}"
+    );
+    assert!(mesh.endpoints.iter().any(|e| e.last_success.is_some()));
+    let mut sub = alice.node.subscribe("home.again").await.expect("subscribe");
+    wait_for("bob knows alice's new subscription", || async {
+        bob.node
+            .peers()
+            .await
+            .ok()?
+            .iter()
+            .any(|p| {
+                p.peer_id == pa.to_string() && p.subscriptions.iter().any(|s| s == "home.again")
+            })
+            .then_some(())
+    })
+    .await;
+    bob.node
+        .publish("home.again", Bytes::from_static(b"back"))
+        .await
+        .expect("publish");
+    let message = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("message after the restart")
+        .expect("subscription open");
+    assert_eq!(&message.payload[..], b"back");
+    drop(relay);
 }

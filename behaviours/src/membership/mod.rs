@@ -55,6 +55,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How many peers may be connected before they are verified (default 128).
     pub max_unverified_peers: usize,
+    /// Keep peers that are not members connected instead of closing their
+    /// connections (default `false`). A relay server sets it: it serves
+    /// reservations, circuits and AutoNAT to peers that share no mesh with
+    /// it. Such peers still get no app protocol (they are never verified),
+    /// and [`Config::max_unverified_peers`] still bounds them.
+    pub keep_non_members: bool,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_unverified_peers: 128,
+            keep_non_members: false,
         }
     }
 }
@@ -394,6 +401,10 @@ impl Behaviour {
         if self.exempt.contains(&peer) {
             return;
         }
+        if self.config.keep_non_members {
+            tracing::debug!(%peer, %reason, "not a member; kept connected (relay)");
+            return;
+        }
         tracing::debug!(%peer, %reason, refused, "peer rejected");
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Rejected {
@@ -605,7 +616,9 @@ impl Behaviour {
             .iter()
             .filter_map(|(peer, entry)| match entry.state {
                 PeerState::Unverified { since, hello_sent }
-                    if !hello_sent && now.duration_since(since) >= self.config.hello_timeout =>
+                    if !hello_sent
+                        && !self.config.keep_non_members
+                        && now.duration_since(since) >= self.config.hello_timeout =>
                 {
                     Some(*peer)
                 }

@@ -68,8 +68,14 @@ CREATE TABLE endpoints (
 );
 ";
 
+/// Version 2: whether the node reconnects to a mesh's members by itself.
+const V2: &str = "
+ALTER TABLE meshes ADD COLUMN auto_reconnect INTEGER NOT NULL DEFAULT 1
+    CHECK (auto_reconnect IN (0, 1));
+";
+
 /// The ordered migration steps; entry `i` upgrades version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build creates and understands: the number of steps.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

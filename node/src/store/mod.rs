@@ -378,6 +378,31 @@ impl Store {
         })
     }
 
+    /// Turns reconnection to the mesh's members on or off; returns whether
+    /// the mesh exists.
+    pub fn set_auto_reconnect(&self, id: &str, on: bool) -> Result<bool, StoreError> {
+        let changed = self.with(|conn| {
+            conn.execute(
+                "UPDATE meshes SET auto_reconnect = ?2 WHERE id = ?1",
+                params![id, on],
+            )
+        })?;
+        Ok(changed > 0)
+    }
+
+    /// Whether the node reconnects to the mesh's members by itself (`None`
+    /// if the mesh is not saved).
+    pub fn auto_reconnect(&self, id: &str) -> Result<Option<bool>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT auto_reconnect FROM meshes WHERE id = ?1",
+                params![id],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+    }
+
     /// Removes the mesh, its members, its invites, in one transaction. Returns
     /// whether it existed.
     pub fn delete_mesh(&self, id: &str) -> Result<bool, StoreError> {

@@ -79,7 +79,7 @@ fn fresh_file_store_is_configured() {
     let store = open(&dir);
     assert!(dir.db().is_file());
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 1);
+    assert_eq!(SCHEMA_VERSION, 2);
     let mode: String = store
         .conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -807,4 +807,44 @@ fn redeem_refusal_display() {
     );
     let boxed: Box<dyn std::error::Error> = Box::new(RedeemRefusal::Expired);
     assert_eq!(boxed.to_string(), "invite expired");
+}
+
+#[test]
+fn auto_reconnect_defaults_on_and_survives_reopening() {
+    let dir = TempDir::new("auto-reconnect");
+    {
+        let store = open(&dir);
+        store.save_mesh(&mesh("m1", 1)).unwrap();
+        assert_eq!(store.auto_reconnect("m1").unwrap(), Some(true));
+        assert!(store.set_auto_reconnect("m1", false).unwrap());
+        assert!(!store.set_auto_reconnect("missing", false).unwrap());
+        assert_eq!(store.auto_reconnect("missing").unwrap(), None);
+        // Saving the mesh again (a new certificate) keeps the choice.
+        store.save_mesh(&mesh("m1", 2)).unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.auto_reconnect("m1").unwrap(), Some(false));
+}
+
+#[test]
+fn a_version_1_database_is_migrated_keeping_its_meshes() {
+    let dir = TempDir::new("v1");
+    {
+        let raw = rusqlite::Connection::open(dir.db()).unwrap();
+        raw.execute_batch(super::migrations::MIGRATIONS[0]).unwrap();
+        raw.pragma_update(None, "user_version", 1).unwrap();
+        raw.execute(
+            "INSERT INTO meshes (id, name, founder_key, nonce, is_founder, certificate, joined_at)
+             VALUES ('m1', 'old', x'01', x'02', 0, x'03', 5)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(
+        store.mesh("m1").unwrap().map(|m| m.name),
+        Some("old".into())
+    );
+    assert_eq!(store.auto_reconnect("m1").unwrap(), Some(true));
 }

@@ -1,16 +1,21 @@
 //! The node's composed `NetworkBehaviour`.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use std::sync::Arc;
 
 use libp2p::{
-    dcutr, gossipsub, identify, identity::Keypair, kad, mdns, relay,
-    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, Multiaddr, PeerId, StreamProtocol,
+    autonat, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, relay,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour, upnp, Multiaddr, PeerId,
+    StreamProtocol,
 };
 
 use atmosphere_behaviours::{channel, heartbeat, membership, train};
 
+use super::reachability;
 use crate::{
     config::Config,
     error::Error,
@@ -40,6 +45,9 @@ pub(crate) struct MeshBehaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
+    pub autonat: autonat::v2::client::Behaviour,
+    pub autonat_server: autonat::v2::server::Behaviour,
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
     pub train: train::Behaviour,
     pub heartbeat: heartbeat::Behaviour,
     pub identify: identify::Behaviour,
@@ -108,11 +116,18 @@ impl MeshBehaviour {
         )
         .map_err(|e| Error::Transport(format!("gossipsub: {e}")))?;
         Ok(Self {
-            membership: membership::Behaviour::new(peer, membership::Config::default()),
+            membership: membership::Behaviour::new(peer, membership_config(config)),
             channel: channel::Behaviour::default(),
             relay_client,
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer),
+            autonat: autonat::v2::client::Behaviour::new(
+                rand::make_rng(),
+                autonat::v2::client::Config::default()
+                    .with_max_candidates(reachability::MAX_TESTED),
+            ),
+            autonat_server: autonat::v2::server::Behaviour::default(),
+            upnp: Toggle::from(config.upnp.then(upnp::tokio::Behaviour::default)),
             train: train::Behaviour::new(peer, train_config),
             heartbeat: heartbeat::Behaviour::new(peer, heartbeat_config),
             identify: identify::Behaviour::new(
@@ -126,16 +141,37 @@ impl MeshBehaviour {
     }
 }
 
+/// Membership checks. A relay server keeps non-members connected (they
+/// reserve, open circuits, ask AutoNAT), as many as it has reservations and
+/// circuits, on top of the usual unverified bound.
+fn membership_config(config: &Config) -> membership::Config {
+    let defaults = membership::Config::default();
+    if !config.relay_server {
+        return defaults;
+    }
+    membership::Config {
+        keep_non_members: true,
+        max_unverified_peers: defaults.max_unverified_peers
+            + config.relay_max_reservations
+            + config.relay_max_circuits,
+        ..defaults
+    }
+}
+
 /// Our relay server's configuration. Members-only (the default): only peers
-/// verified as members of one of our meshes may reserve a slot or open a
-/// circuit, and circuits last up to a day with no byte limit. Open
-/// (`relay_open`): anyone may, with the same limits (libp2p's relay applies
+/// verified as members of one of our meshes may reserve a slot, so circuits
+/// only ever lead to members; members open circuits freely, other peers
+/// (joiners redeeming an invite through the relay) at [`JoinerCircuits`]'
+/// rate, and the member they reach drops them unless they join. Circuits
+/// last up to a day with no byte limit. Open (`relay_open`): anyone may
+/// reserve and open circuits, with the same limits (libp2p's relay applies
 /// one set of limits to every circuit), bounded by libp2p's per-peer and
 /// per-IP rate limits.
 fn relay_config(config: &Config, shared: Arc<Shared>) -> relay::Config {
     let open = config.relay_open;
+    let reserving = shared.clone();
     let is_member = move |peer: PeerId, _: &Multiaddr, _: std::time::Instant| {
-        open || read(&shared.remotes)
+        open || read(&reserving.remotes)
             .get(&peer)
             .is_some_and(|r| r.connected)
     };
@@ -149,9 +185,107 @@ fn relay_config(config: &Config, shared: Arc<Shared>) -> relay::Config {
         max_circuit_bytes: 0,
         ..relay::Config::default()
     };
+    relay.reservation_rate_limiters.push(Box::new(is_member));
     relay
-        .reservation_rate_limiters
-        .push(Box::new(is_member.clone()));
-    relay.circuit_src_rate_limiters.push(Box::new(is_member));
+        .circuit_src_rate_limiters
+        .push(Box::new(JoinerCircuits::new(open, shared)));
     relay
+}
+
+/// Circuits a non-member may open on a members-only relay: one per peer
+/// every [`JoinerCircuits::PER_PEER`], and [`JoinerCircuits::PER_MINUTE`]
+/// in all. Members are not limited.
+pub(crate) struct JoinerCircuits {
+    open: bool,
+    shared: Arc<Shared>,
+    last: HashMap<PeerId, Instant>,
+    window: (Instant, u32),
+}
+
+impl JoinerCircuits {
+    /// Least time between two circuits of one non-member.
+    pub(crate) const PER_PEER: Duration = Duration::from_secs(10);
+    /// Most circuits of non-members per minute.
+    pub(crate) const PER_MINUTE: u32 = 30;
+    /// Non-members remembered, at most.
+    const MAX_PEERS: usize = 1024;
+
+    fn new(open: bool, shared: Arc<Shared>) -> Self {
+        Self {
+            open,
+            shared,
+            last: HashMap::new(),
+            window: (Instant::now(), 0),
+        }
+    }
+
+    /// Whether a non-member may open a circuit now.
+    fn allow_joiner(&mut self, peer: PeerId, now: Instant) -> bool {
+        if now.duration_since(self.window.0) >= Duration::from_secs(60) {
+            self.window = (now, 0);
+            self.last
+                .retain(|_, at| now.duration_since(*at) < Self::PER_PEER);
+        }
+        if self.window.1 >= Self::PER_MINUTE || self.last.len() >= Self::MAX_PEERS {
+            return false;
+        }
+        if self
+            .last
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) < Self::PER_PEER)
+        {
+            return false;
+        }
+        self.last.insert(peer, now);
+        self.window.1 += 1;
+        true
+    }
+}
+
+impl relay::RateLimiter for JoinerCircuits {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, now: Instant) -> bool {
+        let member = read(&self.shared.remotes)
+            .get(&peer)
+            .is_some_and(|r| r.connected);
+        self.open || member || self.allow_joiner(peer, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_members_get_a_few_circuits_members_are_not_limited() {
+        let shared = Arc::new(Shared::new(
+            PeerId::random(),
+            crate::shared::Limits {
+                max_payload: 1024,
+                subscription_buffer: 8,
+                max_pending_calls: 8,
+            },
+            8,
+            crate::session::OutboxLimits {
+                frames: 8,
+                bytes: 1024,
+                max_payload: 1024,
+            },
+        ));
+        let mut limiter = JoinerCircuits::new(false, shared);
+        let start = Instant::now();
+        let joiner = PeerId::random();
+        assert!(limiter.allow_joiner(joiner, start));
+        assert!(!limiter.allow_joiner(joiner, start + Duration::from_secs(1)));
+        assert!(limiter.allow_joiner(joiner, start + JoinerCircuits::PER_PEER));
+        // The overall budget per minute.
+        let mut allowed = 2;
+        for _ in 0..100 {
+            if limiter.allow_joiner(PeerId::random(), start + Duration::from_secs(11)) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, JoinerCircuits::PER_MINUTE);
+        // A new minute, a new budget.
+        assert!(limiter.allow_joiner(PeerId::random(), start + Duration::from_secs(61)));
+    }
 }

@@ -1,13 +1,8 @@
 //! Mesh operations of the swarm task: create, invite, join, admit, forget.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use libp2p::{
-    gossipsub::IdentTopic,
-    swarm::dial_opts::{DialOpts, PeerCondition},
-    PeerId,
-};
-use tokio::sync::oneshot;
+use libp2p::{gossipsub::IdentTopic, PeerId};
 
 use atmosphere_behaviours::membership::{
     cert::{Acl, Certificate, CertificateBody, MeshDescriptor, MeshId, Permissions, Role},
@@ -15,7 +10,7 @@ use atmosphere_behaviours::membership::{
     JoinResponder,
 };
 
-use super::{unix_now, MeshState, PendingJoin, Runtime, JOIN_TIMEOUT};
+use super::{unix_now, MeshState, Runtime};
 use crate::{
     error::Error,
     invite::{self, Endpoints, InviteUri},
@@ -261,91 +256,6 @@ impl Runtime {
         })
     }
 
-    pub(super) fn join(
-        &mut self,
-        invite: InviteUri,
-        reply: oneshot::Sender<Result<MeshInfo, Error>>,
-    ) {
-        if self.meshes.contains_key(&invite.mesh) {
-            let _ = reply.send(self.mesh_info(&invite.mesh));
-            return;
-        }
-        // Every endpoint of one invite names the admitting peer; group by peer.
-        let addrs: Vec<_> = invite.endpoints.all().cloned().collect();
-        let Some(peer) = addrs.iter().find_map(invite::peer_of) else {
-            let _ = reply.send(Err(Error::Invite(invite::InviteError::NoEndpoints)));
-            return;
-        };
-        if peer == self.local_peer() {
-            let _ = reply.send(Err(Error::Join(
-                "this invite was issued by this node".into(),
-            )));
-            return;
-        }
-        let addrs: Vec<_> = addrs
-            .into_iter()
-            .filter(|a| invite::peer_of(a) == Some(peer))
-            .collect();
-        if let Some(previous) = self.joins.remove(&peer) {
-            let _ = previous
-                .reply
-                .send(Err(Error::Join("superseded by a newer join".into())));
-        }
-        let request = JoinRequest {
-            mesh: invite.mesh,
-            token: invite.token,
-        };
-        self.rejected.remove(&peer);
-        let verified = self.swarm.behaviour().membership.verified(&peer).is_some();
-        let stale = self.swarm.is_connected(&peer) && !verified;
-        self.joins.insert(
-            peer,
-            PendingJoin {
-                mesh: invite.mesh,
-                reply,
-                deadline: Instant::now() + JOIN_TIMEOUT,
-                deferred: stale.then(|| (request.clone(), addrs.clone())),
-                admitted: None,
-            },
-        );
-        if stale {
-            // A connection that is not verified may be one being closed after a
-            // refusal: start afresh once it is gone.
-            let _ = self.swarm.disconnect_peer_id(peer);
-            return;
-        }
-        self.send_join(peer, request, addrs);
-    }
-
-    /// Sends the join on the existing verified connection, or dials for it.
-    fn send_join(&mut self, peer: PeerId, request: JoinRequest, addrs: Vec<libp2p::Multiaddr>) {
-        self.swarm
-            .behaviour_mut()
-            .membership
-            .request_join(peer, request);
-        if !self.swarm.is_connected(&peer) {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::Disconnected)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                if let Some(join) = self.joins.remove(&peer) {
-                    let _ = join
-                        .reply
-                        .send(Err(Error::Join(format!("cannot dial {peer}: {e}"))));
-                }
-            }
-        }
-    }
-
-    /// Starts a join that waited for the last connection to `peer` to close.
-    pub(super) fn start_deferred_join(&mut self, peer: PeerId) {
-        let deferred = self.joins.get_mut(&peer).and_then(|j| j.deferred.take());
-        if let Some((request, addrs)) = deferred {
-            self.send_join(peer, request, addrs);
-        }
-    }
-
     /// A peer redeems an invite with us (we are the founder).
     pub(super) fn on_join_request(
         &mut self,
@@ -450,44 +360,16 @@ impl Runtime {
                 // Answered once the founder is verified (see `on_verified`).
                 join.admitted = result.ok();
             }
-            Some(_) => {
-                if let Some(join) = self.joins.remove(&peer) {
-                    let answer = if join.mesh == id {
-                        result
-                    } else {
-                        Err(Error::Join("admitted to another mesh".into()))
-                    };
-                    let _ = join.reply.send(answer);
-                }
+            Some(join) => {
+                let answer = if join.mesh == id {
+                    result
+                } else {
+                    Err(Error::Join("admitted to another mesh".into()))
+                };
+                self.finish_join(peer, answer);
             }
             None => {}
         }
-    }
-
-    pub(super) fn mesh_info(&self, id: &MeshId) -> Result<MeshInfo, Error> {
-        let state = self
-            .meshes
-            .get(id)
-            .ok_or_else(|| Error::UnknownMesh(id.to_string()))?;
-        let members = self.store.members(&id.to_string())?.len();
-        let membership = &self.swarm.behaviour().membership;
-        let connected = crate::shared::read(&self.shared.remotes)
-            .iter()
-            .filter(|(_, r)| r.connected)
-            .filter(|(p, _)| membership.verified(p).is_some_and(|m| m.contains_key(id)))
-            .count();
-        Ok(MeshInfo {
-            id: id.to_string(),
-            name: state.descriptor.name.clone(),
-            founder: state
-                .descriptor
-                .founder()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            is_founder: state.is_founder,
-            members: members.max(1),
-            connected,
-        })
     }
 
     pub(super) fn list_meshes(&self) -> Result<Vec<MeshInfo>, Error> {

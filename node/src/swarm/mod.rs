@@ -3,9 +3,12 @@
 //! handle talks to it through a bounded [`Command`] channel.
 
 mod behaviour;
+mod joins;
 mod meshes;
 mod paths;
+mod reachability;
 mod relays;
+mod saved;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -30,7 +33,6 @@ use atmosphere_behaviours::{
     membership::{
         self,
         cert::{Acl, CertificateBody, MeshDescriptor, MeshId},
-        protocol::JoinRequest,
     },
 };
 
@@ -44,7 +46,7 @@ use crate::{
     session::Session,
     shared::{read, write, Remote, Shared},
     store::Store,
-    types::{Invite, InviteOptions, MeshInfo, PeerInfo, Status, VERSION},
+    types::{Invite, InviteOptions, JoinReport, MeshInfo, PeerInfo, Status, VERSION},
     wire::{self, Frame, MemberHint, NetworkState, StateAnnouncement, MAX_ADDRS, MAX_MEMBER_HINTS},
 };
 
@@ -72,10 +74,15 @@ pub(crate) enum Command {
     },
     Join {
         invite: InviteUri,
-        reply: oneshot::Sender<Result<MeshInfo, Error>>,
+        reply: oneshot::Sender<Result<JoinReport, Error>>,
     },
     ListMeshes {
         reply: oneshot::Sender<Result<Vec<MeshInfo>, Error>>,
+    },
+    SetAutoReconnect {
+        mesh: String,
+        on: bool,
+        reply: oneshot::Sender<Result<MeshInfo, Error>>,
     },
     Forget {
         mesh: String,
@@ -130,17 +137,6 @@ pub(crate) struct MeshState {
     pub topic: IdentTopic,
 }
 
-struct PendingJoin {
-    mesh: MeshId,
-    reply: oneshot::Sender<Result<MeshInfo, Error>>,
-    deadline: Instant,
-    /// A join waiting for a stale connection to the peer to close first.
-    deferred: Option<(JoinRequest, Vec<Multiaddr>)>,
-    /// Admitted and saved: the answer goes out once the founder is verified
-    /// (and saved as a member, so that a restart finds it), or at the deadline.
-    admitted: Option<MeshInfo>,
-}
-
 /// A member heard of (connected or not).
 #[derive(Default)]
 struct DirectoryEntry {
@@ -159,7 +155,7 @@ pub(crate) struct Runtime {
     commands: mpsc::Sender<Command>,
     meshes: HashMap<MeshId, MeshState>,
     topics: HashMap<TopicHash, MeshId>,
-    joins: HashMap<PeerId, PendingJoin>,
+    joins: HashMap<PeerId, joins::PendingJoin>,
     /// App streams from peers still being verified (bounded per peer).
     pending_inbound: HashMap<PeerId, Vec<(ConnectionId, Stream)>>,
     connections: HashMap<PeerId, Vec<(ConnectionId, ConnectedPoint)>>,
@@ -180,6 +176,8 @@ pub(crate) struct Runtime {
     relay_counters: relays::RelayCounters,
     /// When the first relayed connection to a peer came up (for time to direct).
     relayed_at: HashMap<PeerId, Instant>,
+    /// How peers see us and what AutoNAT found.
+    reachability: reachability::ReachabilityState,
     /// When each member last had a working path (unix ms).
     last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
@@ -238,6 +236,7 @@ impl Runtime {
             suspect_peers: HashSet::new(),
             relays: HashMap::new(),
             relay_counters: relays::RelayCounters::default(),
+            reachability: reachability::ReachabilityState::default(),
             relayed_at: HashMap::new(),
             early_identify: HashMap::new(),
             // Seeded from the clock so that a restarted node's records rank above
@@ -256,20 +255,20 @@ impl Runtime {
                 tracing::warn!(%addr, error = %e, "bootstrap dial failed");
             }
         }
-        match self.store.member_peer_ids() {
+        // Saved meshes: reconnect to their members (unless paused).
+        match self.members_to_watch() {
             Ok(members) => {
-                for peer in members.iter().filter_map(|p| p.parse::<PeerId>().ok()) {
+                for peer in members {
                     self.watch_member(peer);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "store"),
         }
         for addr in self.config.relays.clone() {
-            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
-                // A configured relay need not be a mesh member.
-                self.swarm.behaviour_mut().membership.add_exempt(peer);
-            }
-            self.add_relay(addr);
+            self.add_outside_relay(addr);
+        }
+        for addr in self.learned_relays() {
+            self.add_outside_relay(addr);
         }
         self.reserve_on_relays();
         let mut state_tick = tokio::time::interval(self.config.state_interval());
@@ -314,6 +313,9 @@ impl Runtime {
             Command::Join { invite, reply } => self.join(invite, reply),
             Command::ListMeshes { reply } => {
                 let _ = reply.send(self.list_meshes());
+            }
+            Command::SetAutoReconnect { mesh, on, reply } => {
+                let _ = reply.send(self.set_auto_reconnect(&mesh, on));
             }
             Command::Forget { mesh, reply } => {
                 let _ = reply.send(self.forget(&mesh));
@@ -367,6 +369,16 @@ impl Runtime {
                 }
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                if !self.config.relay_server {
+                    self.on_external_addrs_changed();
+                }
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.on_external_addrs_changed();
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -380,6 +392,7 @@ impl Runtime {
                     .push((connection_id, endpoint));
                 crate::shared::lock(&self.shared.path_traffic).insert(connection_id, (0, 0));
                 self.note_connection(peer_id, &endpoint_for_relays);
+                self.on_join_connection(peer_id, &endpoint_for_relays);
                 self.tune_heartbeats(peer_id);
                 if self.relays.contains_key(&peer_id) {
                     self.reserve_on_relays();
@@ -396,14 +409,8 @@ impl Runtime {
                 error,
                 ..
             } => {
-                if !self.swarm.is_connected(&peer) {
-                    if let Some(join) = self.joins.remove(&peer) {
-                        let _ = join
-                            .reply
-                            .send(Err(Error::Join(format!("could not reach {peer}: {error}"))));
-                    }
-                }
                 tracing::debug!(%peer, %error, "dial failed");
+                self.on_join_dial_failed(peer, error.to_string());
             }
             _ => {}
         }
@@ -475,6 +482,8 @@ impl Runtime {
             MeshBehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
             MeshBehaviourEvent::Relay(event) => self.on_relay_server_event(event),
             MeshBehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
+            MeshBehaviourEvent::Autonat(event) => self.on_autonat_event(event),
+            MeshBehaviourEvent::Upnp(event) => self.on_upnp_event(event),
             MeshBehaviourEvent::Heartbeat(event) => self.on_heartbeat_event(event),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -531,9 +540,7 @@ impl Runtime {
             } => self.on_joined(peer, mesh, certificate),
             membership::Event::JoinRefused { peer, mesh, reason } => {
                 tracing::info!(%peer, %mesh, %reason, "join refused");
-                if let Some(join) = self.joins.remove(&peer) {
-                    let _ = join.reply.send(Err(Error::Join(reason)));
-                }
+                self.finish_join(peer, Err(Error::Join(reason)));
             }
         }
     }
@@ -642,11 +649,9 @@ impl Runtime {
             .get(&peer)
             .is_some_and(|j| j.admitted.is_some() && meshes.contains_key(&j.mesh))
         {
-            if let Some(join) = self.joins.remove(&peer) {
-                let info = self.mesh_info(&join.mesh).ok().or(join.admitted);
-                let _ = join
-                    .reply
-                    .send(info.ok_or(Error::Join("the mesh vanished".into())));
+            if let Some(join) = self.joins.get(&peer) {
+                let info = self.mesh_info(&join.mesh).ok().or(join.admitted.clone());
+                self.finish_join(peer, info.ok_or(Error::Join("the mesh vanished".into())));
             }
         }
         for (connection, stream) in self.pending_inbound.remove(&peer).unwrap_or_default() {
@@ -668,6 +673,8 @@ impl Runtime {
             }
             return;
         }
+        // How a member sees us (a non-member's word is not taken).
+        self.reachability.observed(info.observed_addr.clone());
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
@@ -817,7 +824,7 @@ impl Runtime {
     /// Once a second: joins that took too long, outboxes past their linger,
     /// and the metrics our heartbeats carry.
     fn housekeeping(&mut self) {
-        self.expire_joins();
+        self.advance_joins();
         self.expire_outboxes();
         self.repair_links();
         self.reserve_on_relays();
@@ -833,29 +840,6 @@ impl Runtime {
             },
         };
         self.swarm.behaviour_mut().heartbeat.set_local_info(info);
-    }
-
-    fn expire_joins(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<PeerId> = self
-            .joins
-            .iter()
-            .filter(|(_, j)| j.deadline <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
-            if let Some(join) = self.joins.remove(&peer) {
-                let answer = match join.admitted {
-                    // Admitted, but the founder did not verify us in time:
-                    // the mesh is saved, reconnection takes over.
-                    Some(info) => Ok(info),
-                    None => Err(Error::Join(format!(
-                        "no answer from {peer} within {JOIN_TIMEOUT:?}"
-                    ))),
-                };
-                let _ = join.reply.send(answer);
-            }
-        }
     }
 
     /// Our listen addresses worth telling others.
@@ -973,6 +957,7 @@ impl Runtime {
             duplicates_dropped: sessions.iter().map(|s| s.duplicates_dropped).sum(),
             unacked_frames: sessions.iter().map(|s| s.unacked as u64).sum(),
             relay: self.relay_status(),
+            network: self.network_status(),
             outbox_refused: sessions.iter().map(|s| s.refused_full).sum(),
         }
     }

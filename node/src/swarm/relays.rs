@@ -24,6 +24,8 @@ use crate::{shared::read, types::RelayStatus};
 pub(super) const MAX_RESERVATIONS: usize = 2;
 /// Relays we know of, at most (configured ones and members running a relay).
 pub(super) const MAX_KNOWN_RELAYS: usize = 16;
+/// Settings key of the relays learned from invites (one multiaddr a line).
+const LEARNED_RELAYS_KEY: &str = "relays.learned";
 /// How long a failed reservation waits before it is tried again.
 const RESERVATION_RETRY: Duration = Duration::from_secs(30);
 
@@ -55,11 +57,65 @@ pub(super) struct RelayCounters {
 }
 
 /// Whether `addr` goes through a relay (the train's classification).
-pub(super) fn is_circuit(addr: &Multiaddr) -> bool {
+pub(crate) fn is_circuit(addr: &Multiaddr) -> bool {
     PathClass::classify(addr) == PathClass::Relayed
 }
 
+/// The relay a relayed address goes through: the part before
+/// `/p2p-circuit`, ending in `/p2p/<relay>`.
+pub(super) fn relay_of(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut relay = Multiaddr::empty();
+    for protocol in addr.iter() {
+        if protocol == Protocol::P2pCircuit {
+            return matches!(relay.iter().last(), Some(Protocol::P2p(_))).then_some(relay);
+        }
+        relay.push(protocol);
+    }
+    None
+}
+
 impl Runtime {
+    /// Registers a relay that need not be a mesh member (configured, or
+    /// from an invite): membership does not turn it away.
+    pub(super) fn add_outside_relay(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            self.swarm.behaviour_mut().membership.add_exempt(peer);
+        }
+        self.add_relay(addr);
+    }
+
+    /// The relays of an invite's relayed endpoints: used for our own
+    /// reservations from now on, and remembered across restarts.
+    pub(super) fn learn_relays<'a>(&mut self, endpoints: impl Iterator<Item = &'a Multiaddr>) {
+        let mut learned = self.learned_relays();
+        for relay in endpoints.filter_map(relay_of) {
+            if !learned.contains(&relay) && learned.len() < MAX_KNOWN_RELAYS {
+                learned.push(relay.clone());
+            }
+            self.add_outside_relay(relay);
+        }
+        let text: Vec<String> = learned.iter().map(ToString::to_string).collect();
+        if let Err(e) = self.store.set_setting(LEARNED_RELAYS_KEY, &text.join("\n")) {
+            tracing::warn!(error = %e, "could not save the invite's relays");
+        }
+    }
+
+    /// Relays remembered from invites (unparsable lines are skipped).
+    pub(super) fn learned_relays(&self) -> Vec<Multiaddr> {
+        match self.store.get_setting(LEARNED_RELAYS_KEY) {
+            Ok(text) => text
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .take(MAX_KNOWN_RELAYS)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "store");
+                Vec::new()
+            }
+        }
+    }
+
     /// Registers a relay; returns false if it names no peer or the bound is hit.
     pub(super) fn add_relay(&mut self, addr: Multiaddr) -> bool {
         let Some(Protocol::P2p(peer)) = addr.iter().last() else {
@@ -83,7 +139,7 @@ impl Runtime {
     /// Asks for reservations on known relays we are connected to, up to
     /// [`MAX_RESERVATIONS`]. A relay server does not reserve elsewhere.
     pub(super) fn reserve_on_relays(&mut self) {
-        if self.config.relay_server {
+        if self.config.relay_server || self.publicly_reachable() {
             return;
         }
         let now = Instant::now();
@@ -125,6 +181,24 @@ impl Runtime {
                         r.retry_at = Some(now + RESERVATION_RETRY);
                     }
                 }
+            }
+        }
+    }
+
+    /// Gives up every reservation (we are publicly reachable: members dial
+    /// us directly, and the relays' slots are for those who cannot).
+    pub(super) fn release_reservations(&mut self) {
+        let held: Vec<(PeerId, ListenerId)> = self
+            .relays
+            .iter()
+            .filter_map(|(p, r)| r.listener.map(|l| (*p, l)))
+            .collect();
+        for (peer, listener) in held {
+            tracing::info!(relay = %peer, "publicly reachable: releasing the relay reservation");
+            self.swarm.remove_listener(listener);
+            if let Some(r) = self.relays.get_mut(&peer) {
+                r.listener = None;
+                r.accepted = false;
             }
         }
     }
@@ -265,3 +339,33 @@ impl Runtime {
 
 /// Known relays (for the runtime's field).
 pub(super) type Relays = HashMap<PeerId, KnownRelay>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_of_a_relayed_address_is_its_part_before_the_circuit() {
+        let relay = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo";
+        let peer = "12D3KooWGzs4Ywc1A4FbzGGXfYWmdYy1ZQZ3ZS8JSqULEWDJAVLA";
+        let addr = |s: String| {
+            s.parse::<Multiaddr>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert_eq!(
+            relay_of(&addr(format!(
+                "/ip4/198.51.100.2/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}"
+            ))),
+            Some(addr(format!("/ip4/198.51.100.2/tcp/4001/p2p/{relay}")))
+        );
+        // Not relayed, or a circuit without the relay's id: none.
+        assert_eq!(
+            relay_of(&addr(format!("/ip4/198.51.100.2/tcp/1/p2p/{peer}"))),
+            None
+        );
+        assert_eq!(
+            relay_of(&addr("/ip4/198.51.100.2/tcp/1/p2p-circuit".into())),
+            None
+        );
+    }
+}

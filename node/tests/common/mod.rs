@@ -58,6 +58,48 @@ pub async fn start_in(
     TestNode { node, _dir: dir }
 }
 
+/// Stops `node` and starts it again in `host` on the same data directory
+/// (same identity, meshes and saved endpoints), after `tweak` adjusts the
+/// test configuration.
+pub async fn restart_in(
+    host: &atmosphere_lab::Host,
+    node: TestNode,
+    name: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> TestNode {
+    let TestNode { node, _dir: dir } = node;
+    node.shutdown().await;
+    drop(node);
+    start_on_dir(host, dir, name, tweak).await
+}
+
+/// Starts a node in `host` on an existing data directory.
+pub async fn start_on_dir(
+    host: &atmosphere_lab::Host,
+    dir: TempDir,
+    name: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> TestNode {
+    let mut config = Config::ephemeral(dir.path());
+    config.name = Some(name.to_owned());
+    tweak(&mut config);
+    // A stopped swarm's sockets close as its task ends: a fixed port may
+    // still be taken for a moment.
+    for _ in 0..40 {
+        let attempt = config.clone();
+        let built = host
+            .spawn(async move { NodeBuilder::new(attempt).build().await })
+            .await
+            .expect("node task");
+        match built {
+            Ok(node) => return TestNode { node, _dir: dir },
+            Err(e) => eprintln!("start of {name} failed ({e}); retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{name} did not start");
+}
+
 /// Starts a node with the default test configuration.
 pub async fn start(name: &str) -> TestNode {
     start_with(name, |_| {}).await
