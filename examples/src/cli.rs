@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use libp2p::Multiaddr;
 
 /// Default address of the local API.
@@ -106,6 +106,9 @@ pub struct RunArgs {
     /// Relay (with /p2p/PEER_ID) to reserve a slot on (repeatable; added to the configured ones)
     #[arg(long = "relay", value_name = "MULTIADDR")]
     pub relays: Vec<Multiaddr>,
+    /// Ask the home router for a port mapping over UPnP, so that peers can dial this node directly
+    #[arg(long)]
+    pub upnp: bool,
     /// Configuration file [default: DATA_DIR/atmosphere.toml if it exists]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -121,13 +124,22 @@ pub enum MeshCommand {
     },
     /// Create an invite; the last line printed is the URI to hand to the joiner
     Invite(InviteArgs),
-    /// Join a mesh with an invite URI
-    Join {
-        /// The atmosphere://join?… URI
-        uri: String,
-    },
-    /// List the meshes this node belongs to
+    /// Create an invite and print it as a token document: the token, the
+    /// mesh, the endpoints by group (local, public, relay), this node's
+    /// network (local and public IP, NAT) and the URI
+    Token(TokenArgs),
+    /// Join a mesh with an invite URI; says which endpoint and path it went through
+    Join(JoinArgs),
+    /// List the meshes this node belongs to, with their state, when a member
+    /// was last seen and whether auto-reconnect is on
     List(JsonFlag),
+    /// Show one mesh and the saved endpoints of its members
+    Show(ShowArgs),
+    /// Turn reconnection to a mesh's members on or off
+    ///
+    /// Off: connections that exist stay, lost ones are not re-dialled, and a
+    /// restart does not dial the mesh's members.
+    AutoReconnect(AutoReconnectArgs),
     /// Leave a mesh and forget its members
     Forget {
         /// Mesh id or name
@@ -149,6 +161,63 @@ pub struct InviteArgs {
     /// Also render the URI as a QR code in the terminal
     #[arg(long)]
     pub qr: bool,
+}
+
+/// `mesh-node mesh token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// What the invite allows.
+    #[command(flatten)]
+    pub invite: InviteArgs,
+    /// Print the token document as JSON (with --qr the QR code goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mesh-node mesh join`.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// The atmosphere://join?… URI
+    pub uri: String,
+    /// Print the join report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mesh-node mesh show`.
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// Mesh id or name
+    pub mesh: String,
+    /// Print the mesh as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mesh-node mesh auto-reconnect`.
+#[derive(Debug, Clone, Args)]
+pub struct AutoReconnectArgs {
+    /// Mesh id or name
+    pub mesh: String,
+    /// `on` or `off`
+    #[arg(value_enum)]
+    pub setting: OnOff,
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
+}
+
+impl OnOff {
+    /// `true` for `on`.
+    pub fn enabled(self) -> bool {
+        self == Self::On
+    }
 }
 
 /// A `--json` flag.
@@ -242,6 +311,59 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mesh_subcommands_parse() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        let parsed = parse(&["mesh-node", "mesh", "auto-reconnect", "home", "off"]);
+        assert!(
+            matches!(
+                parsed,
+                Ok(Command::Client(ClientCommand::Mesh(MeshCommand::AutoReconnect(
+                    AutoReconnectArgs { ref mesh, setting: OnOff::Off }
+                )))) if mesh == "home"
+            ),
+            "{parsed:?}"
+        );
+        assert!(parse(&["mesh-node", "mesh", "auto-reconnect", "home", "maybe"]).is_err());
+        let parsed = parse(&[
+            "mesh-node",
+            "mesh",
+            "token",
+            "home",
+            "--uses",
+            "3",
+            "--ttl",
+            "1h",
+            "--json",
+            "--qr",
+        ]);
+        assert!(
+            matches!(
+                &parsed,
+                Ok(Command::Client(ClientCommand::Mesh(MeshCommand::Token(TokenArgs {
+                    invite: InviteArgs { mesh: Some(mesh), uses: 3, qr: true, ttl },
+                    json: true,
+                })))) if mesh == "home" && ttl.as_secs() == 3600
+            ),
+            "{parsed:?}"
+        );
+        let parsed = parse(&["mesh-node", "mesh", "join", "atmosphere://join?x", "--json"]);
+        assert!(
+            matches!(
+                &parsed,
+                Ok(Command::Client(ClientCommand::Mesh(MeshCommand::Join(
+                    JoinArgs { json: true, .. }
+                ))))
+            ),
+            "{parsed:?}"
+        );
+        let parsed = parse(&["mesh-node", "run", "--upnp"]);
+        assert!(
+            matches!(&parsed, Ok(Command::Run(RunArgs { upnp: true, .. }))),
+            "{parsed:?}"
+        );
     }
 
     #[test]

@@ -130,6 +130,16 @@ impl Client {
         decode(response).await
     }
 
+    /// `PUT /v1/<path>` with a JSON body.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self.send(Method::PUT, path, Some(body), None).await?;
+        decode(response).await
+    }
+
     /// `DELETE /v1/<path>`.
     pub async fn delete(&self, path: &[&str]) -> Result<(), ClientError> {
         let response = self.send(Method::DELETE, path, None::<&()>, None).await?;

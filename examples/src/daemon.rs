@@ -125,6 +125,9 @@ pub fn build_config(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Confi
             config.relays.push(addr.clone());
         }
     }
+    if args.upnp {
+        config.upnp = true;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -218,6 +221,21 @@ mod tests {
         assert!(!config.mdns);
         assert_eq!(config.listen.len(), 1);
         assert_eq!(config.data_dir, dir.path());
+        assert!(!config.upnp, "UPnP is off unless asked for");
+        Ok(())
+    }
+
+    #[test]
+    fn upnp_comes_from_the_flag_or_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().to_string_lossy().into_owned();
+        let (global, run) = parse(&["mesh-node", "--data-dir", &data_dir, "run", "--upnp"])
+            .ok_or_else(|| anyhow::anyhow!("parse failed"))?;
+        assert!(build_config(&global, &run)?.upnp);
+        std::fs::write(dir.path().join(CONFIG_FILE), "upnp = true\n")?;
+        let (global, run) = parse(&["mesh-node", "--data-dir", &data_dir, "run"])
+            .ok_or_else(|| anyhow::anyhow!("parse failed"))?;
+        assert!(build_config(&global, &run)?.upnp);
         Ok(())
     }
 }

@@ -2,11 +2,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atmosphere::{MemberStatus, MeshInfo, PathStatus, PeerInfo, Status};
+use atmosphere::{
+    JoinReport, MemberStatus, MeshInfo, NetworkStatus, PathStatus, PeerInfo, SavedEndpoint, Status,
+};
 use qrcode::{render::unicode::Dense1x2, QrCode};
 use serde_json::Value;
 
-use crate::proto::{encode_base64, MessageJson, PeerEventJson};
+use crate::proto::{encode_base64, InviteToken, MessageJson, PeerEventJson};
 
 /// Offline members last seen longer ago than this show a timestamp instead.
 const AGO_LIMIT_SECS: u64 = 24 * 3600;
@@ -58,17 +60,19 @@ pub fn status_text(status: &Status) -> String {
         humantime::format_duration(Duration::from_secs(status.uptime_secs))
     ));
     push_list(&mut out, "listening on:", &status.listen_addrs);
+    out.extend(network_lines(&status.network));
     let meshes: Vec<String> = status
         .meshes
         .iter()
         .map(|m| {
             format!(
-                "{} ({}, {}, {} members, {} connected)",
+                "{} ({}, {}, {} members, {} connected, {})",
                 m.name,
                 m.id,
                 role(m),
                 m.members,
-                m.connected
+                m.connected,
+                mesh_state(m)
             )
         })
         .collect();
@@ -91,8 +95,65 @@ pub fn status_text(status: &Status) -> String {
     out.join("\n")
 }
 
-/// Meshes as a table.
-pub fn meshes_table(meshes: &[MeshInfo]) -> String {
+/// The `network` part of `status`: local and public IP, NAT, reachability,
+/// public addresses, UPnP.
+pub fn network_lines(network: &NetworkStatus) -> Vec<String> {
+    let mut out = ip_lines(
+        network.local_ip.as_deref(),
+        network.public_ip.as_deref(),
+        network.is_behind_nat,
+    );
+    let reachability = serde_json::to_value(network.reachability)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    out.push(format!(
+        "{:<15}{reachability} ({} AutoNAT test{}, {} confirmed)",
+        "reachability:",
+        network.autonat_tests,
+        if network.autonat_tests == 1 { "" } else { "s" },
+        network.autonat_confirmed
+    ));
+    push_list(&mut out, "public addrs:", &network.public_addrs);
+    out.push(format!("{:<15}{}", "UPnP:", upnp_state(network)));
+    out
+}
+
+/// `local IP:`, `public IP:` and `behind NAT:` lines (`unknown` for what is
+/// not known).
+fn ip_lines(
+    local_ip: Option<&str>,
+    public_ip: Option<&str>,
+    behind_nat: Option<bool>,
+) -> Vec<String> {
+    let behind_nat = match behind_nat {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    vec![
+        format!("{:<15}{}", "local IP:", local_ip.unwrap_or("unknown")),
+        format!("{:<15}{}", "public IP:", public_ip.unwrap_or("unknown")),
+        format!("{:<15}{behind_nat}", "behind NAT:"),
+    ]
+}
+
+/// `off`, `searching`, `mapped /ip4/…`, `no gateway`, `gateway not public`.
+fn upnp_state(network: &NetworkStatus) -> String {
+    let upnp = &network.upnp;
+    if !upnp.enabled {
+        return "off".to_owned();
+    }
+    let mut text = upnp.state.replace('_', " ");
+    if !upnp.mapped.is_empty() {
+        text.push(' ');
+        text.push_str(&upnp.mapped.join(", "));
+    }
+    text
+}
+
+/// Meshes as a table; `now_secs` (Unix s) dates when members were last seen.
+pub fn meshes_table(meshes: &[MeshInfo], now_secs: i64) -> String {
     if meshes.is_empty() {
         return "no meshes (create one with `mesh-node mesh create NAME` or join one with `mesh-node mesh join URI`)".to_owned();
     }
@@ -105,10 +166,166 @@ pub fn meshes_table(meshes: &[MeshInfo]) -> String {
                 role(m).to_owned(),
                 m.members.to_string(),
                 m.connected.to_string(),
+                mesh_state(m),
+                mesh_last_seen(m, now_secs),
+                on_off(m.auto_reconnect).to_owned(),
             ]
         })
         .collect();
-    table(&["ID", "NAME", "ROLE", "MEMBERS", "CONNECTED"], rows)
+    table(
+        &[
+            "ID",
+            "NAME",
+            "ROLE",
+            "MEMBERS",
+            "CONNECTED",
+            "STATE",
+            "LAST SEEN",
+            "AUTO-RECONNECT",
+        ],
+        rows,
+    )
+}
+
+/// `connected via lan, relayed`, `reconnecting`, `paused`, `alone`.
+pub fn mesh_state(mesh: &MeshInfo) -> String {
+    if mesh.state == "connected" && !mesh.connected_via.is_empty() {
+        return format!("connected via {}", mesh.connected_via.join(", "));
+    }
+    mesh.state.clone()
+}
+
+/// `now` while a member is connected, else how long ago one was, or `never`.
+pub fn mesh_last_seen(mesh: &MeshInfo, now_secs: i64) -> String {
+    if mesh.state == "connected" {
+        return "now".to_owned();
+    }
+    ago(mesh.last_seen, now_secs)
+}
+
+/// One mesh and its members' saved endpoints, for `mesh show`.
+pub fn mesh_text(mesh: &MeshInfo, now_secs: i64) -> String {
+    let founder = if mesh.is_founder {
+        "founder".to_owned()
+    } else {
+        format!("member (founder {})", short_peer(&mesh.founder))
+    };
+    let mut out = vec![
+        format!("{:<16}{} ({})", "mesh:", mesh.name, mesh.id),
+        format!("{:<16}{founder}", "role:"),
+        format!(
+            "{:<16}{} ({} connected)",
+            "members:", mesh.members, mesh.connected
+        ),
+        format!("{:<16}{}", "state:", mesh_state(mesh)),
+        format!("{:<16}{}", "last seen:", mesh_last_seen(mesh, now_secs)),
+        format!("{:<16}{}", "auto-reconnect:", on_off(mesh.auto_reconnect)),
+        String::new(),
+    ];
+    out.push(endpoints_table(&mesh.endpoints, now_secs));
+    out.join("\n")
+}
+
+/// Saved endpoints as a table: PEER, TYPE, ADDRESS, LAST SUCCESS, LATENCY.
+pub fn endpoints_table(endpoints: &[SavedEndpoint], now_secs: i64) -> String {
+    if endpoints.is_empty() {
+        return "no saved endpoints".to_owned();
+    }
+    let rows = endpoints
+        .iter()
+        .map(|e| {
+            vec![
+                short_peer(&e.peer_id),
+                e.kind.to_string(),
+                e.addr.clone(),
+                ago(e.last_success, now_secs),
+                e.latency_ms
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+            ]
+        })
+        .collect();
+    table(
+        &["PEER", "TYPE", "ADDRESS", "LAST SUCCESS", "LATENCY"],
+        rows,
+    )
+}
+
+/// What `mesh join` says: the mesh, the invite endpoint that connected and
+/// its group, the groups tried, how long it took, and the path in use.
+pub fn join_summary(report: &JoinReport) -> String {
+    let mesh = &report.mesh;
+    if report.endpoint.is_none() && report.path.is_none() && report.tried.is_empty() {
+        return format!("already a member of mesh {} ({})", mesh.name, mesh.id);
+    }
+    let mut text = format!("joined mesh {} ({})", mesh.name, mesh.id);
+    match (&report.endpoint, report.endpoint_group) {
+        (Some(endpoint), Some(group)) => {
+            text.push_str(&format!(" through the {group} endpoint {endpoint}"));
+        }
+        (Some(endpoint), None) => text.push_str(&format!(" through {endpoint}")),
+        (None, _) => text.push_str(" over an existing connection"),
+    }
+    if !report.tried.is_empty() {
+        let tried: Vec<String> = report.tried.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(" (tried {})", tried.join(", ")));
+    }
+    text.push_str(&format!(
+        " in {}; path: {}",
+        elapsed(report.elapsed_ms),
+        report.path.as_deref().unwrap_or("unknown")
+    ));
+    text
+}
+
+/// An invite token document for people; `now_secs` (Unix s) says how long
+/// it stays valid.
+pub fn token_text(token: &InviteToken, now_secs: i64) -> String {
+    let mut out = vec![
+        format!("{:<15}{}", "token:", token.token),
+        format!("{:<15}{} ({})", "mesh:", token.mesh_name, token.mesh_id),
+    ];
+    let groups = [
+        ("local", &token.endpoints.local),
+        ("public", &token.endpoints.public),
+        ("relay", &token.endpoints.relay),
+    ];
+    let endpoints: Vec<String> = groups
+        .iter()
+        .flat_map(|(group, addrs)| {
+            if addrs.is_empty() {
+                vec![format!("{group:<8}(none)")]
+            } else {
+                addrs.iter().map(|a| format!("{group:<8}{a}")).collect()
+            }
+        })
+        .collect();
+    push_list(&mut out, "endpoints:", &endpoints);
+    let network = &token.network_info;
+    out.extend(ip_lines(
+        network.local_ip.as_deref(),
+        network.public_ip.as_deref(),
+        network.is_behind_nat,
+    ));
+    let left = token.expires_at.saturating_sub(now_secs);
+    let remaining = if left > 0 {
+        format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(left.unsigned_abs()))
+        )
+    } else {
+        "expired".to_owned()
+    };
+    out.push(format!(
+        "{:<15}{} ({remaining})",
+        "expires:",
+        timestamp(
+            u64::try_from(token.expires_at)
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        )
+    ));
+    out.push(format!("{:<15}{}", "uri:", token.uri));
+    out.join("\n")
 }
 
 /// Peers as a table; `now_ms` (Unix ms) dates how long ago offline ones were seen.
@@ -236,6 +453,11 @@ pub fn short_peer(peer_id: &str) -> String {
     format!("…{tail}")
 }
 
+/// The current time in Unix seconds.
+pub fn now_secs() -> i64 {
+    i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
+}
+
 /// The current time in Unix ms.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -257,6 +479,35 @@ fn since(unix_ms: u64, now_ms: u64) -> String {
         60..3600 => format!("{}m ago", secs / 60),
         3600..AGO_LIMIT_SECS => format!("{}h {}m ago", secs / 3600, secs % 3600 / 60),
         _ => timestamp(unix_ms),
+    }
+}
+
+/// How long ago `unix_secs` was (as [`since`]), or `never`.
+fn ago(unix_secs: Option<i64>, now_secs: i64) -> String {
+    match unix_secs {
+        None => "never".to_owned(),
+        Some(secs) => {
+            let ms = |s: i64| u64::try_from(s).unwrap_or(0).saturating_mul(1000);
+            since(ms(secs), ms(now_secs))
+        }
+    }
+}
+
+/// `850 ms`, `2.3 s`.
+fn elapsed(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// `on` or `off`.
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -546,5 +797,258 @@ mod tests {
     fn qr_renders() {
         let qr = qr_code("atmosphere://join?token=ATM-x").unwrap_or_default();
         assert!(qr.lines().count() > 10);
+    }
+
+    fn mesh_info(state: &str, via: &[&str], last_seen: Option<i64>) -> MeshInfo {
+        MeshInfo {
+            id: "9a770ab124b5673d965e51ea5dcbb799".into(),
+            name: "home".into(),
+            founder: "12D3KooWFoUnDeRfOuNdEr12".into(),
+            is_founder: false,
+            members: 2,
+            connected: usize::from(state == "connected"),
+            state: state.into(),
+            connected_via: via.iter().map(|v| (*v).to_owned()).collect(),
+            last_seen,
+            auto_reconnect: state != "paused",
+            endpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn mesh_states_and_last_seen() {
+        let now = 1_000_000;
+        let connected = mesh_info("connected", &["lan", "relayed"], Some(now));
+        assert_eq!(mesh_state(&connected), "connected via lan, relayed");
+        assert_eq!(mesh_last_seen(&connected, now), "now");
+        let reconnecting = mesh_info("reconnecting", &[], Some(now - 180));
+        assert_eq!(mesh_state(&reconnecting), "reconnecting");
+        assert_eq!(mesh_last_seen(&reconnecting, now), "3m ago");
+        let alone = mesh_info("alone", &[], None);
+        assert_eq!(mesh_last_seen(&alone, now), "never");
+        let text = meshes_table(
+            &[
+                connected,
+                reconnecting,
+                mesh_info("paused", &[], Some(now - 7200)),
+            ],
+            now,
+        );
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        assert_eq!(
+            rows[0][5..],
+            ["STATE", "LAST SEEN", "AUTO-RECONNECT"],
+            "{text}"
+        );
+        assert_eq!(
+            rows[1][5..],
+            ["connected via lan, relayed", "now", "on"],
+            "{text}"
+        );
+        assert_eq!(rows[2][5..], ["reconnecting", "3m ago", "on"], "{text}");
+        assert_eq!(rows[3][5..], ["paused", "2h 0m ago", "off"], "{text}");
+    }
+
+    #[test]
+    fn mesh_details_list_saved_endpoints() {
+        let now = 1_000_000;
+        let mut mesh = mesh_info("connected", &["lan"], Some(now));
+        mesh.endpoints = vec![
+            SavedEndpoint {
+                peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+                kind: atmosphere::invite::EndpointGroup::Local,
+                addr: "/ip4/192.168.1.20/tcp/11451".into(),
+                last_success: Some(now - 12),
+                latency_ms: Some(3),
+            },
+            SavedEndpoint {
+                peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+                kind: atmosphere::invite::EndpointGroup::Relay,
+                addr: "/ip4/198.51.100.2/tcp/4001/p2p/12D3KooWRelay/p2p-circuit".into(),
+                last_success: None,
+                latency_ms: None,
+            },
+        ];
+        let text = mesh_text(&mesh, now);
+        assert!(
+            text.contains("role:           member (founder …OuNdEr12)"),
+            "{text}"
+        );
+        assert!(text.contains("auto-reconnect: on"), "{text}");
+        assert!(text.contains("state:          connected via lan"), "{text}");
+        let table: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("PEER"))
+            .collect();
+        assert_eq!(table.len(), 3, "{text}");
+        assert!(
+            table[0].contains("TYPE")
+                && table[0].contains("LAST SUCCESS")
+                && table[0].contains("LATENCY")
+        );
+        for expected in [
+            "…IjKlMnOp",
+            "local",
+            "/ip4/192.168.1.20/tcp/11451",
+            "12s ago",
+            "3 ms",
+        ] {
+            assert!(table[1].contains(expected), "{expected}: {text}");
+        }
+        assert!(
+            table[2].contains("relay") && table[2].contains("never"),
+            "{text}"
+        );
+        assert!(table[2].ends_with('-'), "{text}");
+        assert_eq!(endpoints_table(&[], now), "no saved endpoints");
+    }
+
+    #[test]
+    fn join_summaries() {
+        use atmosphere::invite::EndpointGroup::{Local, Public, Relay};
+        let mut report = JoinReport {
+            mesh: mesh_info("connected", &["relayed"], None),
+            endpoint: Some("/ip4/198.51.100.2/tcp/4001/p2p/R/p2p-circuit/p2p/F".into()),
+            endpoint_group: Some(Relay),
+            path: Some("relayed".into()),
+            tried: vec![Local, Public, Relay],
+            elapsed_ms: 2_340,
+        };
+        assert_eq!(
+            join_summary(&report),
+            "joined mesh home (9a770ab124b5673d965e51ea5dcbb799) through the relay endpoint \
+             /ip4/198.51.100.2/tcp/4001/p2p/R/p2p-circuit/p2p/F (tried local, public, relay) \
+             in 2.3 s; path: relayed"
+        );
+        report.endpoint = Some("/ip4/127.0.0.1/tcp/1/p2p/F".into());
+        report.endpoint_group = Some(Local);
+        report.path = Some("lan".into());
+        report.tried = vec![Local];
+        report.elapsed_ms = 42;
+        assert!(join_summary(&report).ends_with(
+            "through the local endpoint /ip4/127.0.0.1/tcp/1/p2p/F (tried local) in 42 ms; path: lan"
+        ));
+        report.endpoint = None;
+        report.endpoint_group = None;
+        report.tried.clear();
+        assert!(
+            join_summary(&report).ends_with("over an existing connection in 42 ms; path: lan"),
+            "{}",
+            join_summary(&report)
+        );
+        report.path = None;
+        report.elapsed_ms = 0;
+        assert_eq!(
+            join_summary(&report),
+            "already a member of mesh home (9a770ab124b5673d965e51ea5dcbb799)"
+        );
+    }
+
+    #[test]
+    fn network_section() {
+        let mut network = NetworkStatus::default();
+        let text = network_lines(&network).join("\n");
+        for expected in [
+            "local IP:      unknown",
+            "public IP:     unknown",
+            "behind NAT:    unknown",
+            "reachability:  unknown (0 AutoNAT tests, 0 confirmed)",
+            "public addrs:  -",
+            "UPnP:          off",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+        network.local_ip = Some("192.168.1.2".into());
+        network.public_ip = Some("203.0.113.7".into());
+        network.is_behind_nat = Some(true);
+        network.reachability = atmosphere::Reachability::Private;
+        network.autonat_tests = 1;
+        network.public_addrs = vec!["/ip4/203.0.113.7/tcp/11451".into()];
+        network.upnp = atmosphere::UpnpStatus {
+            enabled: true,
+            state: "mapped".into(),
+            mapped: vec!["/ip4/203.0.113.7/tcp/11451".into()],
+        };
+        let text = network_lines(&network).join("\n");
+        for expected in [
+            "local IP:      192.168.1.2",
+            "public IP:     203.0.113.7",
+            "behind NAT:    yes",
+            "reachability:  private (1 AutoNAT test, 0 confirmed)",
+            "public addrs:  /ip4/203.0.113.7/tcp/11451",
+            "UPnP:          mapped /ip4/203.0.113.7/tcp/11451",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+        network.upnp.state = "no_gateway".into();
+        network.upnp.mapped.clear();
+        network.is_behind_nat = Some(false);
+        let text = network_lines(&network).join("\n");
+        assert!(text.contains("UPnP:          no gateway"), "{text}");
+        assert!(text.contains("behind NAT:    no"), "{text}");
+    }
+
+    #[test]
+    fn token_documents_for_people() {
+        let token = InviteToken {
+            token: "ATM-AAAAAAAAAAAAAAAAAAAAAA".into(),
+            mesh_id: "9a770ab124b5673d965e51ea5dcbb799".into(),
+            mesh_name: "home".into(),
+            endpoints: crate::proto::TokenEndpoints {
+                local: vec!["/ip4/192.168.1.2/tcp/11451/p2p/F".into()],
+                public: Vec::new(),
+                relay: Vec::new(),
+            },
+            network_info: crate::proto::NetworkInfo {
+                local_ip: Some("192.168.1.2".into()),
+                public_ip: None,
+                is_behind_nat: None,
+            },
+            uri: "atmosphere://join?token=ATM-AAAAAAAAAAAAAAAAAAAAAA".into(),
+            expires_at: 600,
+        };
+        let text = token_text(&token, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "token:         ATM-AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(
+            lines[1],
+            "mesh:          home (9a770ab124b5673d965e51ea5dcbb799)"
+        );
+        assert_eq!(
+            lines[2],
+            "endpoints:     local   /ip4/192.168.1.2/tcp/11451/p2p/F"
+        );
+        assert_eq!(lines[3], "               public  (none)");
+        assert_eq!(lines[4], "               relay   (none)");
+        assert!(text.contains("local IP:      192.168.1.2"), "{text}");
+        assert!(text.contains("public IP:     unknown"), "{text}");
+        assert!(text.contains("behind NAT:    unknown"), "{text}");
+        assert!(
+            text.contains("expires:       1970-01-01T00:10:00Z (in 10m)"),
+            "{text}"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("uri:           atmosphere://join?token=ATM-AAAAAAAAAAAAAAAAAAAAAA")
+        );
+        assert!(token_text(&token, 601).contains("(expired)"));
+    }
+
+    #[test]
+    fn elapsed_times() {
+        assert_eq!(elapsed(0), "0 ms");
+        assert_eq!(elapsed(999), "999 ms");
+        assert_eq!(elapsed(2_345), "2.3 s");
+        assert_eq!(ago(Some(95), 100), "5s ago");
+        assert_eq!(ago(None, 100), "never");
     }
 }

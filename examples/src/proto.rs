@@ -45,6 +45,84 @@ pub struct JoinRequest {
     pub uri: String,
 }
 
+/// `PUT /v1/meshes/{mesh}/auto-reconnect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoReconnectRequest {
+    /// Whether the node reconnects to the mesh's members.
+    pub enabled: bool,
+}
+
+/// What `mesh-node mesh token` prints: an invite as a token document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteToken {
+    /// The invite's secret (`ATM-…`).
+    pub token: String,
+    /// The mesh.
+    pub mesh_id: String,
+    /// The mesh's name.
+    pub mesh_name: String,
+    /// The ways into the mesh listed in the invite, by group.
+    pub endpoints: TokenEndpoints,
+    /// How the inviting node sees its own network.
+    pub network_info: NetworkInfo,
+    /// The `atmosphere://join?…` URI carrying all of the above.
+    pub uri: String,
+    /// Unix seconds when the invite expires.
+    pub expires_at: i64,
+}
+
+/// The endpoints of an invite by group, as multiaddr strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEndpoints {
+    /// LAN addresses.
+    pub local: Vec<String>,
+    /// Public addresses.
+    pub public: Vec<String>,
+    /// Relayed addresses.
+    pub relay: Vec<String>,
+}
+
+/// The inviting node's network, from `GET /v1/status`'s `network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Its first LAN address.
+    pub local_ip: Option<String>,
+    /// Its public address, if known.
+    pub public_ip: Option<String>,
+    /// Whether it is behind a NAT (`null`: not known yet).
+    pub is_behind_nat: Option<bool>,
+}
+
+impl InviteToken {
+    /// The token document of `invite`, with the network of the node that made it.
+    pub fn new(
+        invite: &atmosphere::Invite,
+        network: &atmosphere::NetworkStatus,
+    ) -> Result<Self, atmosphere::invite::InviteError> {
+        let parsed = atmosphere::invite::InviteUri::parse(&invite.uri)?;
+        let strings = |addrs: &[atmosphere::Multiaddr]| -> Vec<String> {
+            addrs.iter().map(ToString::to_string).collect()
+        };
+        Ok(Self {
+            token: parsed.token,
+            mesh_id: invite.mesh_id.clone(),
+            mesh_name: invite.mesh_name.clone(),
+            endpoints: TokenEndpoints {
+                local: strings(&parsed.endpoints.local),
+                public: strings(&parsed.endpoints.public),
+                relay: strings(&parsed.endpoints.relay),
+            },
+            network_info: NetworkInfo {
+                local_ip: network.local_ip.clone(),
+                public_ip: network.public_ip.clone(),
+                is_behind_nat: network.is_behind_nat,
+            },
+            uri: invite.uri.clone(),
+            expires_at: invite.expires_at,
+        })
+    }
+}
+
 /// `POST /v1/publish`: exactly one of `payload` and `payload_base64`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PublishRequest {
@@ -310,6 +388,50 @@ mod tests {
         let reply: ReplyFrame = serde_json::from_str(r#"{"id":3,"result":42}"#).unwrap_or_default();
         assert_eq!(reply.id, 3);
         assert_eq!(reply.result, Some(serde_json::json!(42)));
+    }
+
+    #[test]
+    fn invite_tokens_take_the_uri_apart() {
+        let peer = libp2p::PeerId::random();
+        let local = format!("/ip4/192.168.1.2/tcp/11451/p2p/{peer}");
+        let uri = atmosphere::invite::InviteUri {
+            token: atmosphere::invite::new_token(),
+            mesh: "00112233445566778899aabbccddeeff"
+                .parse()
+                .unwrap_or_else(|_| panic!("mesh id")),
+            name: Some("home".into()),
+            endpoints: atmosphere::invite::Endpoints {
+                local: vec![local.parse().unwrap_or_else(|e| panic!("{e}"))],
+                ..Default::default()
+            },
+        };
+        let invite = atmosphere::Invite {
+            uri: uri.to_uri(),
+            mesh_id: uri.mesh.to_string(),
+            mesh_name: "home".into(),
+            uses: 1,
+            expires_at: 1_800_000_000,
+        };
+        let network = atmosphere::NetworkStatus {
+            local_ip: Some("192.168.1.2".into()),
+            public_ip: Some("203.0.113.7".into()),
+            is_behind_nat: Some(true),
+            ..Default::default()
+        };
+        let token = InviteToken::new(&invite, &network).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(token.token, uri.token);
+        assert_eq!(token.endpoints.local, vec![local]);
+        assert!(token.endpoints.public.is_empty() && token.endpoints.relay.is_empty());
+        let json = serde_json::to_value(&token).unwrap_or_default();
+        assert_eq!(json["network_info"]["public_ip"], "203.0.113.7");
+        assert_eq!(json["network_info"]["is_behind_nat"], true);
+        assert_eq!(json["expires_at"], 1_800_000_000);
+        assert_eq!(json["uri"], invite.uri.as_str());
+        let bad = atmosphere::Invite {
+            uri: "http://nope".into(),
+            ..invite
+        };
+        assert!(InviteToken::new(&bad, &network).is_err());
     }
 
     #[test]

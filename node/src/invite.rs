@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use atmosphere_behaviours::membership::cert::MeshId;
+use atmosphere_behaviours::{membership::cert::MeshId, train::PathClass};
 
 /// Prefix of every invite token.
 pub const TOKEN_PREFIX: &str = "ATM-";
@@ -243,7 +243,13 @@ impl InviteUri {
             None => Endpoints::default(),
         };
         if let Some(single) = endpoint.filter(|e| !e.is_empty()) {
-            endpoints.public.push(parse_endpoint(&single)?);
+            // v1 had one ungrouped endpoint: group it by its address.
+            let addr = parse_endpoint(&single)?;
+            match PathClass::classify(&addr) {
+                PathClass::Relayed => endpoints.relay.push(addr),
+                PathClass::Direct => endpoints.public.push(addr),
+                PathClass::LanDirect | PathClass::Ble => endpoints.local.push(addr),
+            }
         }
         if endpoints.all().next().is_none() {
             return Err(InviteError::NoEndpoints);
@@ -317,7 +323,9 @@ mod tests {
             invite.token, invite.mesh, addr
         );
         let parsed = InviteUri::parse(&uri).unwrap();
-        assert_eq!(parsed.endpoints.public, vec![addr.clone()]);
+        // Grouped by its address: a LAN address is a local endpoint.
+        assert_eq!(parsed.endpoints.local, vec![addr.clone()]);
+        assert!(parsed.endpoints.public.is_empty() && parsed.endpoints.relay.is_empty());
     }
 
     #[test]

@@ -427,3 +427,53 @@ async fn restarted_node_rejoins_without_a_new_invite() {
     assert_eq!(recv(&mut sub).await.payload, Bytes::from_static(b"again"));
     b.shutdown().await;
 }
+
+/// The legacy v1 invite (`endpoint=` with one multiaddr) still joins, and
+/// the join report names the endpoint, its group and the path; a v2 invite
+/// on loopback reports the local group and a LAN path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_v2_invites_join_and_the_report_names_the_endpoint() {
+    let a = start("a").await;
+    a.node.create_mesh("home").await.unwrap();
+
+    let v2 = a.node.invite(None, InviteOptions::default()).await.unwrap();
+    let b = start("b").await;
+    let report = b.node.join_with_report(&v2.uri).await.unwrap();
+    assert_eq!(report.mesh.name, "home");
+    assert_eq!(
+        report.endpoint_group,
+        Some(atmosphere::invite::EndpointGroup::Local),
+        "{report:?}\n{}",
+        v2.uri
+    );
+    assert_eq!(report.path.as_deref(), Some("lan"), "{report:?}");
+    assert_eq!(report.tried, vec![atmosphere::invite::EndpointGroup::Local]);
+    assert!(report.endpoint.is_some());
+
+    let invite = a.node.invite(None, InviteOptions::default()).await.unwrap();
+    let parsed = atmosphere::invite::InviteUri::parse(&invite.uri).unwrap();
+    let endpoint = parsed.endpoints.local[0].to_string();
+    let v1 = format!(
+        "atmosphere://join?token={}&mesh={}&endpoint={}",
+        parsed.token,
+        parsed.mesh,
+        url_escape(&endpoint)
+    );
+    let c = start("c").await;
+    let report = c.node.join_with_report(&v1).await.unwrap();
+    assert_eq!(report.mesh.id, invite.mesh_id);
+    assert_eq!(report.endpoint.as_deref(), Some(endpoint.as_str()));
+    assert_eq!(
+        report.endpoint_group,
+        Some(atmosphere::invite::EndpointGroup::Local)
+    );
+    // Joining again answers at once from what is saved.
+    let again = c.node.join_with_report(&v1).await.unwrap();
+    assert_eq!(again.mesh.id, invite.mesh_id);
+    assert_eq!(again.endpoint, None);
+}
+
+/// Percent-encodes the characters a multiaddr has that a query cannot carry.
+fn url_escape(s: &str) -> String {
+    s.replace('/', "%2F")
+}

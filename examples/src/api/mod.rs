@@ -15,7 +15,7 @@ use axum::{
     extract::DefaultBodyLimit,
     http::{StatusCode, Uri},
     middleware,
-    routing::{delete, get, post},
+    routing::{get, post, put},
     Router,
 };
 use tokio::sync::watch;
@@ -77,7 +77,14 @@ pub fn router(state: ApiState) -> Router {
             "/v1/meshes",
             get(routes::list_meshes).post(routes::create_mesh),
         )
-        .route("/v1/meshes/{mesh}", delete(routes::forget_mesh))
+        .route(
+            "/v1/meshes/{mesh}",
+            get(routes::get_mesh).delete(routes::forget_mesh),
+        )
+        .route(
+            "/v1/meshes/{mesh}/auto-reconnect",
+            put(routes::set_auto_reconnect),
+        )
         .route("/v1/invites", post(routes::create_invite))
         .route("/v1/join", post(routes::join))
         .route("/v1/publish", post(routes::publish))

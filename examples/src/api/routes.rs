@@ -10,12 +10,12 @@ use axum::{
 };
 use libp2p::PeerId;
 
-use atmosphere::{CallOptions, Invite, InviteOptions, MeshInfo, PeerInfo, Status};
+use atmosphere::{CallOptions, Invite, InviteOptions, JoinReport, MeshInfo, PeerInfo, Status};
 
 use super::{ApiError, ApiState};
 use crate::proto::{
-    bytes_to_json, decode_base64, encode_base64, CallRequest, CallResponse, CreateMeshRequest,
-    InviteRequest, JoinRequest, PublishRequest, PublishResponse,
+    bytes_to_json, decode_base64, encode_base64, AutoReconnectRequest, CallRequest, CallResponse,
+    CreateMeshRequest, InviteRequest, JoinRequest, PublishRequest, PublishResponse,
 };
 
 /// Default RPC timeout when the request names none.
@@ -58,6 +58,47 @@ pub async fn create_mesh(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+/// `GET /v1/meshes/{mesh}` → the mesh (by id, else by name).
+pub async fn get_mesh(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> Result<Json<MeshInfo>, ApiError> {
+    let meshes = state.node.list_meshes().await?;
+    Ok(Json(find_mesh(meshes, &mesh)?))
+}
+
+/// The mesh whose id is `wanted`, else the only one named `wanted` (the
+/// node's own rule for naming meshes).
+fn find_mesh(meshes: Vec<MeshInfo>, wanted: &str) -> Result<MeshInfo, ApiError> {
+    let wanted = wanted.trim();
+    let (by_id, others): (Vec<MeshInfo>, Vec<MeshInfo>) =
+        meshes.into_iter().partition(|m| m.id == wanted);
+    if let Some(mesh) = by_id.into_iter().next() {
+        return Ok(mesh);
+    }
+    let mut named = others.into_iter().filter(|m| m.name == wanted);
+    match (named.next(), named.next()) {
+        (Some(mesh), None) => Ok(mesh),
+        (None, _) => Err(atmosphere::Error::UnknownMesh(wanted.to_owned()).into()),
+        (Some(_), Some(_)) => Err(atmosphere::Error::AmbiguousMesh(wanted.to_owned()).into()),
+    }
+}
+
+/// `PUT /v1/meshes/{mesh}/auto-reconnect` `{"enabled"}` → the mesh.
+pub async fn set_auto_reconnect(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+    body: Body<AutoReconnectRequest>,
+) -> Result<Json<MeshInfo>, ApiError> {
+    let Json(request) = body?;
+    let info = state
+        .node
+        .set_auto_reconnect(&mesh, request.enabled)
+        .await?;
+    tracing::info!(mesh = %info.id, enabled = request.enabled, "set auto-reconnect");
+    Ok(Json(info))
+}
+
 /// `DELETE /v1/meshes/{mesh}` → 204.
 pub async fn forget_mesh(
     State(state): State<ApiState>,
@@ -98,11 +139,12 @@ pub async fn create_invite(
     Ok((StatusCode::CREATED, Json(invite)))
 }
 
-/// `POST /v1/join` `{"uri"}` → the joined mesh.
+/// `POST /v1/join` `{"uri"}` → the join report: the joined mesh's fields,
+/// plus the endpoint and path the join went through.
 pub async fn join(
     State(state): State<ApiState>,
     body: Body<JoinRequest>,
-) -> Result<Json<MeshInfo>, ApiError> {
+) -> Result<Json<JoinReport>, ApiError> {
     let Json(request) = body?;
     let uri = request.uri.trim();
     if uri.is_empty() {
@@ -112,9 +154,15 @@ pub async fn join(
             "the invite URI is empty",
         ));
     }
-    let info = state.node.join(uri).await?;
-    tracing::info!(mesh = %info.id, name = %info.name, "joined mesh");
-    Ok(Json(info))
+    let report = state.node.join_with_report(uri).await?;
+    tracing::info!(
+        mesh = %report.mesh.id,
+        name = %report.mesh.name,
+        endpoint = report.endpoint.as_deref().unwrap_or("-"),
+        path = report.path.as_deref().unwrap_or("-"),
+        "joined mesh"
+    );
+    Ok(Json(report))
 }
 
 /// `POST /v1/publish` `{"topic", "payload" | "payload_base64"}` → `{"delivered"}`.
@@ -195,4 +243,52 @@ pub fn check_size(len: usize, max: usize) -> Result<(), ApiError> {
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(id: &str, name: &str) -> MeshInfo {
+        MeshInfo {
+            id: id.into(),
+            name: name.into(),
+            founder: "12D3KooWfounder".into(),
+            is_founder: true,
+            members: 1,
+            connected: 0,
+            state: "alone".into(),
+            connected_via: Vec::new(),
+            last_seen: None,
+            auto_reconnect: true,
+            endpoints: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn meshes_are_found_by_id_then_unique_name() {
+        let meshes = || {
+            vec![
+                mesh("aa", "home"),
+                mesh("bb", "office"),
+                mesh("cc", "office"),
+                mesh("dd", "aa"),
+            ]
+        };
+        let found = |wanted: &str| find_mesh(meshes(), wanted).map(|m| m.id);
+        assert_eq!(found("bb").ok().as_deref(), Some("bb"));
+        assert_eq!(found("home").ok().as_deref(), Some("aa"));
+        // An id wins over a mesh named like it.
+        assert_eq!(found("aa").ok().as_deref(), Some("aa"));
+        let kind = |wanted: &str| {
+            find_mesh(meshes(), wanted)
+                .err()
+                .map(|e| (e.status, e.kind))
+        };
+        assert_eq!(
+            kind("office"),
+            Some((StatusCode::CONFLICT, "ambiguous_mesh"))
+        );
+        assert_eq!(kind("nope"), Some((StatusCode::NOT_FOUND, "unknown_mesh")));
+    }
 }

@@ -633,10 +633,12 @@ impl Runtime {
         }
         for (_, endpoint) in self.connections.get(&peer).into_iter().flatten() {
             if let ConnectedPoint::Dialer { address, .. } = endpoint {
-                if let Err(e) =
-                    self.store
-                        .record_endpoint_success(&peer_str, &address.to_string(), now, None)
-                {
+                if let Err(e) = self.store.record_endpoint_success(
+                    &peer_str,
+                    &saved::endpoint_key(address),
+                    now,
+                    None,
+                ) {
                     tracing::warn!(error = %e, "store");
                 }
             }
@@ -688,7 +690,10 @@ impl Runtime {
                 .behaviour_mut()
                 .kad
                 .add_address(&peer, addr.clone());
-            if let Err(e) = self.store.add_endpoint(&peer_str, &addr.to_string()) {
+            if let Err(e) = self
+                .store
+                .add_endpoint(&peer_str, &saved::endpoint_key(addr))
+            {
                 tracing::warn!(error = %e, "store");
             }
         }

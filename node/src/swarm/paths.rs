@@ -175,7 +175,7 @@ impl Runtime {
                     .map(|d| d.as_millis().min(u32::MAX as u128) as u32);
                 if let Err(e) = self.store.record_endpoint_success(
                     &peer.to_string(),
-                    &addr.to_string(),
+                    &super::saved::endpoint_key(&addr),
                     unix_now(),
                     rtt,
                 ) {
@@ -214,6 +214,9 @@ impl Runtime {
                 }
                 let samples = self.heartbeat_samples.entry(connection).or_default();
                 *samples = samples.saturating_add(1);
+                if *samples == FAST_SAMPLES {
+                    self.record_endpoint_latency(peer, connection);
+                }
                 self.tune_heartbeats(peer);
             }
             heartbeat::Event::Missed {
@@ -236,6 +239,38 @@ impl Runtime {
                 self.swarm.close_connection(connection);
             }
             _ => {}
+        }
+    }
+
+    /// A dialled path has been measured: its endpoint's saved latency is
+    /// the smoothed heartbeat RTT.
+    fn record_endpoint_latency(&mut self, peer: PeerId, connection: ConnectionId) {
+        let Some(address) = self.connections.get(&peer).and_then(|conns| {
+            conns.iter().find_map(|(id, endpoint)| match endpoint {
+                libp2p::core::ConnectedPoint::Dialer { address, .. } if *id == connection => {
+                    Some(address.clone())
+                }
+                _ => None,
+            })
+        }) else {
+            return;
+        };
+        let rtt = self
+            .swarm
+            .behaviour()
+            .train
+            .paths(&peer)
+            .iter()
+            .find(|p| p.connection == connection)
+            .and_then(|p| p.rtt)
+            .map(|d| d.as_millis().min(u32::MAX as u128) as u32);
+        if let Err(e) = self.store.record_endpoint_success(
+            &peer.to_string(),
+            &super::saved::endpoint_key(&address),
+            unix_now(),
+            rtt,
+        ) {
+            tracing::warn!(error = %e, "store");
         }
     }
 

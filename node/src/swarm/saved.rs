@@ -29,6 +29,19 @@ pub(super) fn endpoint_kind(addr: &Multiaddr) -> EndpointGroup {
     }
 }
 
+/// How an endpoint is saved: the address without a final `/p2p/<peer>`
+/// (the peer is saved beside it), so one address is one row.
+pub(super) fn endpoint_key(addr: &Multiaddr) -> String {
+    let mut addr = addr.clone();
+    if matches!(
+        addr.iter().last(),
+        Some(libp2p::multiaddr::Protocol::P2p(_))
+    ) {
+        addr.pop();
+    }
+    addr.to_string()
+}
+
 impl Runtime {
     /// Saved members of `id` other than us.
     fn mesh_members(&self, id: &MeshId) -> Result<Vec<String>, Error> {
@@ -168,6 +181,25 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_saved_without_the_final_peer_id() {
+        let peer = "12D3KooWGzs4Ywc1A4FbzGGXfYWmdYy1ZQZ3ZS8JSqULEWDJAVLA";
+        let relay = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo";
+        let key = |s: String| endpoint_key(&s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
+        assert_eq!(
+            key(format!("/ip4/10.0.0.1/tcp/1/p2p/{peer}")),
+            "/ip4/10.0.0.1/tcp/1"
+        );
+        assert_eq!(key("/ip4/10.0.0.1/tcp/1".into()), "/ip4/10.0.0.1/tcp/1");
+        // A relayed address keeps the relay's id.
+        assert_eq!(
+            key(format!(
+                "/ip4/10.0.0.1/tcp/1/p2p/{relay}/p2p-circuit/p2p/{peer}"
+            )),
+            format!("/ip4/10.0.0.1/tcp/1/p2p/{relay}/p2p-circuit")
+        );
+    }
 
     #[test]
     fn endpoints_are_grouped_like_invites() {
