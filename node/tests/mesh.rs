@@ -477,3 +477,49 @@ async fn v1_and_v2_invites_join_and_the_report_names_the_endpoint() {
 fn url_escape(s: &str) -> String {
     s.replace('/', "%2F")
 }
+
+/// A mesh with `auto_reconnect` off is not dialled on start: the restarted
+/// node stays apart (its mesh says `paused`) until reconnection is turned on
+/// again, and then it reconnects from its saved endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_mesh_is_not_redialled_until_auto_reconnect_is_on() {
+    let a = start("a").await;
+    a.node.create_mesh("home").await.unwrap();
+    let invite = a.node.invite(None, InviteOptions::default()).await.unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let config = {
+        let mut c = Config::ephemeral(b_dir.path());
+        c.name = Some("b".into());
+        c.reconnect_min_secs = 1;
+        c
+    };
+    let b = NodeBuilder::new(config.clone()).build().await.unwrap();
+    b.join(&invite.uri).await.unwrap();
+    let mesh = b.set_auto_reconnect("home", false).await.unwrap();
+    assert!(!mesh.auto_reconnect);
+    assert!(matches!(
+        b.set_auto_reconnect("nope", true).await,
+        Err(Error::UnknownMesh(_))
+    ));
+    b.shutdown().await;
+    drop(b);
+
+    let b = NodeBuilder::new(config).build().await.unwrap();
+    // Several reconnection periods go by: nothing is dialled.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mesh = &b.list_meshes().await.unwrap()[0];
+    assert_eq!(
+        (mesh.state.as_str(), mesh.connected),
+        ("paused", 0),
+        "{mesh:?}"
+    );
+    assert_eq!(b.status().await.unwrap().open_connections, 0);
+
+    let mesh = b.set_auto_reconnect("home", true).await.unwrap();
+    assert!(mesh.auto_reconnect);
+    eventually("B reconnects once reconnection is on", || async {
+        b.list_meshes().await.unwrap()[0].state == "connected"
+    })
+    .await;
+    b.shutdown().await;
+}

@@ -54,6 +54,7 @@ async fn active_class(node: &Node, peer: PeerId) -> Option<String> {
 /// given kind and a 50 ms uplink; both hold a reservation on the relay.
 struct Homes {
     _lab: Lab,
+    home_a: atmosphere_lab::NatRouter,
     relay: TestNode,
     alice: TestNode,
     bob: TestNode,
@@ -120,6 +121,7 @@ async fn homes(bob_nat: NatKind) -> Homes {
     }
     Homes {
         _lab: lab,
+        home_a,
         relay,
         alice,
         bob,
@@ -501,4 +503,66 @@ async fn a_relayed_join_goes_direct_and_survives_relay_loss_and_restarts() {
         .expect("subscription open");
     assert_eq!(&message.payload[..], b"back");
     drop(relay);
+}
+
+/// A node that is no member of the relay's mesh, behind a home NAT, is told
+/// to use the members-only relay: its reservation is refused (members keep
+/// theirs). It asks its router for a UPnP mapping too: the lab's routers
+/// offer none, and status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_only_relay_refuses_a_stranger_behind_nat() {
+    require_lab!();
+    let net = homes(NatKind::EndpointIndependent).await;
+    let relay_addr: atmosphere::Multiaddr = net
+        .relay
+        .node
+        .listen_addrs()
+        .await
+        .expect("relay addrs")
+        .into_iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .expect("relay tcp addr")
+        .with_p2p(net.relay.node.peer_id())
+        .expect("relay multiaddr");
+    let stranger_dev = net
+        .home_a
+        .add_host("stranger")
+        .await
+        .expect("stranger host");
+    let stranger = start(&stranger_dev, "stranger", |c| {
+        c.relays = vec![relay_addr];
+        c.upnp = true;
+    })
+    .await;
+    stranger.node.create_mesh("elsewhere").await.expect("mesh");
+    wait_for("the relay refuses the stranger's reservation", || async {
+        let relay = net.relay.node.status().await.ok()?.relay;
+        (relay.reservations_denied > 0).then_some(())
+    })
+    .await;
+    let status = stranger.node.status().await.expect("status");
+    assert!(status.relay.reserved_on.is_empty(), "{:?}", status.relay);
+    // The members' reservations stand.
+    assert_eq!(
+        net.relay
+            .node
+            .status()
+            .await
+            .expect("status")
+            .relay
+            .reservations,
+        2
+    );
+    let upnp = wait_for("the UPnP search to end", || async {
+        let upnp = stranger.node.status().await.ok()?.network.upnp;
+        (upnp.state != "searching").then_some(upnp)
+    })
+    .await;
+    assert!(upnp.enabled);
+    assert_eq!(upnp.state, "no_gateway", "{upnp:?}");
+    assert!(upnp.mapped.is_empty());
+    // Off by default.
+    let upnp = net.alice.node.status().await.expect("status").network.upnp;
+    assert!(!upnp.enabled);
+    assert_eq!(upnp.state, "off");
 }

@@ -662,7 +662,13 @@ impl Runtime {
         if needs_link {
             self.open_link(peer);
         }
-        self.watch_member(peer);
+        // Kept connected from now on, unless all its meshes are paused.
+        if self
+            .members_to_watch()
+            .map_or(true, |watched| watched.contains(&peer))
+        {
+            self.watch_member(peer);
+        }
         self.reserve_on_relays();
     }
 
