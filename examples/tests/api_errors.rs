@@ -134,3 +134,38 @@ async fn api_requires_the_token_and_bounds_payloads() {
     let body: serde_json::Value = response.json().await.expect("JSON body");
     assert_eq!(body["delivered"], 0, "{body}");
 }
+
+/// `GET /v1/metrics` needs the token and serves OpenMetrics text with
+/// libp2p's and Atmosphere's metrics.
+#[tokio::test]
+async fn metrics_are_served_as_openmetrics_text_behind_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/metrics", daemon.api_url());
+
+    let response = http.get(&url).send().await.expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    let response = http
+        .get(&url)
+        .bearer_auth(daemon.token())
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    assert!(text.contains("atmosphere_dcutr_attempts_total 0"), "{text}");
+    assert!(text.contains("libp2p_swarm"), "{text}");
+    assert!(text.ends_with("# EOF\n"));
+}

@@ -23,6 +23,7 @@ pub mod error;
 mod frame_codec;
 pub mod invite;
 mod link;
+mod metrics;
 mod node;
 pub mod pubsub;
 pub mod rpc;

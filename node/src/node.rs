@@ -107,6 +107,7 @@ impl NodeBuilder {
                 .map_err(|e| Error::Transport(format!("cannot listen on {addr}: {e}")))?;
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (metrics, registry) = crate::metrics::NodeMetrics::new();
         let runtime = Runtime::new(
             swarm,
             keypair,
@@ -115,6 +116,7 @@ impl NodeBuilder {
             config.clone(),
             name.clone(),
             commands.clone(),
+            metrics,
         )?;
         tokio::spawn(runtime.run(command_rx));
         let node = Node {
@@ -123,6 +125,7 @@ impl NodeBuilder {
                 name,
                 shared,
                 commands,
+                registry,
             }),
         };
         node.register_builtins().await?;
@@ -177,6 +180,7 @@ struct Inner {
     name: String,
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    registry: crate::metrics::SharedRegistry,
 }
 
 impl Drop for Inner {
@@ -324,6 +328,13 @@ impl Node {
         let mesh = mesh.to_owned();
         self.ask(|reply| Command::SetAutoReconnect { mesh, on, reply })
             .await?
+    }
+
+    /// Prometheus metrics in OpenMetrics text: libp2p's (`libp2p_…`:
+    /// connections, identify, Kademlia, gossipsub, relay, DCUtR) and ours
+    /// (`atmosphere_…`: hole punches, time to direct, relay load, AutoNAT).
+    pub fn metrics(&self) -> String {
+        crate::metrics::encode_text(&self.inner.registry)
     }
 
     /// The meshes this node is in.

@@ -37,6 +37,19 @@ where
     }
 }
 
+/// The value of an unlabelled counter or gauge in OpenMetrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+}
+
 async fn active_class(node: &Node, peer: PeerId) -> Option<String> {
     node.peers()
         .await
@@ -196,6 +209,12 @@ async fn members_behind_two_nats_meet_through_the_relay_and_go_direct() {
     let punched = alice.status().await.expect("status").relay.dcutr_successes
         + bob.status().await.expect("status").relay.dcutr_successes;
     assert!(punched >= 1, "the direct path came from a hole punch");
+    // The same in the Prometheus metrics.
+    let successes: u64 = [alice, bob]
+        .iter()
+        .map(|n| metric(&n.metrics(), "atmosphere_dcutr_successes_total"))
+        .sum();
+    assert_eq!(successes, punched);
     stream_bob_to_alice(alice, bob, "nat.direct").await;
 }
 

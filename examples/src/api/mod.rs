@@ -71,6 +71,7 @@ pub fn router(state: ApiState) -> Router {
     let body_limit = state.body_limit();
     Router::new()
         .route("/v1/status", get(routes::status))
+        .route("/v1/metrics", get(routes::metrics))
         .route("/v1/peers", get(routes::peers))
         .route("/v1/peers/watch", get(ws_peers::watch))
         .route(

@@ -33,6 +33,17 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiEr
     Ok(Json(state.node.status().await?))
 }
 
+/// `GET /v1/metrics`: Prometheus metrics in OpenMetrics text.
+pub async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.node.metrics(),
+    )
+}
+
 /// `GET /v1/peers`.
 pub async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
     Ok(Json(state.node.peers().await?))

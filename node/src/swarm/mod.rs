@@ -7,6 +7,7 @@ mod joins;
 mod meshes;
 mod paths;
 mod reachability;
+mod recording;
 mod relays;
 mod saved;
 
@@ -178,6 +179,8 @@ pub(crate) struct Runtime {
     relayed_at: HashMap<PeerId, Instant>,
     /// How peers see us and what AutoNAT found.
     reachability: reachability::ReachabilityState,
+    /// Prometheus recorders.
+    metrics: crate::metrics::NodeMetrics,
     /// When each member last had a working path (unix ms).
     last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
@@ -212,6 +215,7 @@ impl Runtime {
         config: Config,
         name: String,
         commands: mpsc::Sender<Command>,
+        metrics: crate::metrics::NodeMetrics,
     ) -> Result<Self, Error> {
         let mut runtime = Self {
             swarm,
@@ -237,6 +241,7 @@ impl Runtime {
             relays: HashMap::new(),
             relay_counters: relays::RelayCounters::default(),
             reachability: reachability::ReachabilityState::default(),
+            metrics,
             relayed_at: HashMap::new(),
             early_identify: HashMap::new(),
             // Seeded from the clock so that a restarted node's records rank above
@@ -352,6 +357,7 @@ impl Runtime {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        self.record_metrics(&event);
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -836,6 +842,7 @@ impl Runtime {
     /// and the metrics our heartbeats carry.
     fn housekeeping(&mut self) {
         self.advance_joins();
+        self.refresh_relay_gauges();
         self.expire_outboxes();
         self.repair_links();
         self.reserve_on_relays();

@@ -295,6 +295,9 @@ impl Runtime {
                 c.dcutr_successes += 1;
                 let since = self.relayed_at.remove(&event.remote_peer_id);
                 c.last_time_to_direct = since.map(|t| t.elapsed());
+                if let Some(elapsed) = c.last_time_to_direct {
+                    self.metrics.time_to_direct.observe(elapsed.as_secs_f64());
+                }
                 tracing::info!(peer = %event.remote_peer_id, after = ?c.last_time_to_direct, "hole punch succeeded: direct path");
             }
             Err(error) => {
