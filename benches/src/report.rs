@@ -49,6 +49,9 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Systems not measured, with reasons.
     pub skipped: Vec<Skipped>,
+    /// Per-scenario details beyond the rows (e.g. every `nat` attempt).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 fn transport_of(system: &str) -> &str {

@@ -388,21 +388,25 @@ async fn non_members_are_disconnected_and_invites_are_limited() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_node_rejoins_without_a_new_invite() {
+/// A founder `a` of mesh "home", and `b`, a member that joined it, with its
+/// configuration and data directory for restarting it.
+async fn founder_and_restartable_joiner() -> (TestNode, Node, Config, tempfile::TempDir) {
     let a = start("a").await;
     a.node.create_mesh("home").await.unwrap();
     let invite = a.node.invite(None, InviteOptions::default()).await.unwrap();
     let b_dir = tempfile::tempdir().unwrap();
-    let config = {
-        let mut c = Config::ephemeral(b_dir.path());
-        c.name = Some("b".into());
-        c.reconnect_min_secs = 1;
-        c
-    };
+    let mut config = Config::ephemeral(b_dir.path());
+    config.name = Some("b".into());
+    config.reconnect_min_secs = 1;
     let b = NodeBuilder::new(config.clone()).build().await.unwrap();
-    let b_id = b.peer_id();
     b.join(&invite.uri).await.unwrap();
+    (a, b, config, b_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_rejoins_without_a_new_invite() {
+    let (a, b, config, _b_dir) = founder_and_restartable_joiner().await;
+    let b_id = b.peer_id();
     b.shutdown().await;
     drop(b);
     let a_sees_b = |connected: bool| {
@@ -483,18 +487,7 @@ fn url_escape(s: &str) -> String {
 /// again, and then it reconnects from its saved endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_mesh_is_not_redialled_until_auto_reconnect_is_on() {
-    let a = start("a").await;
-    a.node.create_mesh("home").await.unwrap();
-    let invite = a.node.invite(None, InviteOptions::default()).await.unwrap();
-    let b_dir = tempfile::tempdir().unwrap();
-    let config = {
-        let mut c = Config::ephemeral(b_dir.path());
-        c.name = Some("b".into());
-        c.reconnect_min_secs = 1;
-        c
-    };
-    let b = NodeBuilder::new(config.clone()).build().await.unwrap();
-    b.join(&invite.uri).await.unwrap();
+    let (_a, b, config, _b_dir) = founder_and_restartable_joiner().await;
     let mesh = b.set_auto_reconnect("home", false).await.unwrap();
     assert!(!mesh.auto_reconnect);
     assert!(matches!(

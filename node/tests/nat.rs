@@ -73,7 +73,18 @@ struct Homes {
     bob: TestNode,
 }
 
-async fn homes(bob_nat: NatKind) -> Homes {
+/// The hosts of the NAT tests: a public relay host, home a (endpoint-
+/// independent NAT) with alice, home b (NAT of `bob_nat`) with bob, both
+/// homes on 50 ms uplinks.
+struct Topology {
+    lab: Lab,
+    relay_dev: Device,
+    home_a: atmosphere_lab::NatRouter,
+    alice_dev: Device,
+    bob_dev: Device,
+}
+
+async fn topology(bob_nat: NatKind) -> Topology {
     let lab = Lab::new().expect("lab");
     let internet = lab.internet().await.expect("internet");
     let relay_dev = internet.add_public_host("relay").await.expect("relay host");
@@ -93,6 +104,23 @@ async fn homes(bob_nat: NatKind) -> Homes {
     }
     let alice_dev = home_a.add_host("alice").await.expect("alice host");
     let bob_dev = home_b.add_host("bob").await.expect("bob host");
+    Topology {
+        lab,
+        relay_dev,
+        home_a,
+        alice_dev,
+        bob_dev,
+    }
+}
+
+async fn homes(bob_nat: NatKind) -> Homes {
+    let Topology {
+        lab,
+        relay_dev,
+        home_a,
+        alice_dev,
+        bob_dev,
+    } = topology(bob_nat).await;
     // The public host's uplink is a point-to-point link, on which libp2p's
     // interface watcher reports the peer's address for `0.0.0.0`: listen on
     // the host's own address instead.
@@ -304,25 +332,13 @@ async fn bytes_by_class(node: &Node, peer: PeerId) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_join_goes_direct_and_survives_relay_loss_and_restarts() {
     require_lab!();
-    let lab = Lab::new().expect("lab");
-    let internet = lab.internet().await.expect("internet");
-    let relay_dev = internet.add_public_host("relay").await.expect("relay host");
-    let home_a = internet
-        .add_router("home-a", NatKind::EndpointIndependent)
-        .await
-        .expect("home a");
-    let home_b = internet
-        .add_router("home-b", NatKind::EndpointIndependent)
-        .await
-        .expect("home b");
-    for home in [&home_a, &home_b] {
-        home.uplink()
-            .set_delay(Duration::from_millis(50))
-            .await
-            .expect("50 ms uplink");
-    }
-    let alice_dev = home_a.add_host("alice").await.expect("alice host");
-    let bob_dev = home_b.add_host("bob").await.expect("bob host");
+    let Topology {
+        lab: _lab,
+        relay_dev,
+        home_a: _home_a,
+        alice_dev,
+        bob_dev,
+    } = topology(NatKind::EndpointIndependent).await;
     let public = relay_dev.addr();
     let relay_listen = move |c: &mut Config| {
         c.relay_server = true;

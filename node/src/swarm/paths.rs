@@ -164,23 +164,8 @@ impl Runtime {
                 self.publish_peer_event(peer, member_status(&status), None);
             }
             train::Event::EndpointSucceeded { peer, addr } => {
-                let rtt = self
-                    .swarm
-                    .behaviour()
-                    .train
-                    .paths(&peer)
-                    .iter()
-                    .find(|p| p.remote_addr == addr)
-                    .and_then(|p| p.rtt)
-                    .map(|d| d.as_millis().min(u32::MAX as u128) as u32);
-                if let Err(e) = self.store.record_endpoint_success(
-                    &peer.to_string(),
-                    &super::saved::endpoint_key(&addr),
-                    unix_now(),
-                    rtt,
-                ) {
-                    tracing::warn!(error = %e, "store");
-                }
+                let rtt = self.path_rtt_ms(&peer, |p| p.remote_addr == addr);
+                self.save_endpoint_success(peer, &addr, rtt);
             }
             _ => {}
         }
@@ -255,18 +240,27 @@ impl Runtime {
         }) else {
             return;
         };
-        let rtt = self
-            .swarm
+        let rtt = self.path_rtt_ms(&peer, |p| p.connection == connection);
+        self.save_endpoint_success(peer, &address, rtt);
+    }
+
+    /// The smoothed RTT of the first path of `peer` that `which` picks, in ms.
+    fn path_rtt_ms(&self, peer: &PeerId, which: impl Fn(&train::PathInfo) -> bool) -> Option<u32> {
+        self.swarm
             .behaviour()
             .train
-            .paths(&peer)
+            .paths(peer)
             .iter()
-            .find(|p| p.connection == connection)
+            .find(|p| which(p))
             .and_then(|p| p.rtt)
-            .map(|d| d.as_millis().min(u32::MAX as u128) as u32);
+            .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
+    }
+
+    /// Saves that `addr` of `peer` worked now (with its latency, if known).
+    fn save_endpoint_success(&self, peer: PeerId, addr: &Multiaddr, rtt: Option<u32>) {
         if let Err(e) = self.store.record_endpoint_success(
             &peer.to_string(),
-            &super::saved::endpoint_key(&address),
+            &super::saved::endpoint_key(addr),
             unix_now(),
             rtt,
         ) {

@@ -293,9 +293,11 @@ impl Runtime {
         match event.result {
             Ok(_) => {
                 c.dcutr_successes += 1;
-                let since = self.relayed_at.remove(&event.remote_peer_id);
-                c.last_time_to_direct = since.map(|t| t.elapsed());
-                if let Some(elapsed) = c.last_time_to_direct {
+                // Both sides may punch (two relayed connections): the first
+                // success measures the time, a second one keeps it.
+                if let Some(since) = self.relayed_at.remove(&event.remote_peer_id) {
+                    let elapsed = since.elapsed();
+                    c.last_time_to_direct = Some(elapsed);
                     self.metrics.time_to_direct.observe(elapsed.as_secs_f64());
                 }
                 tracing::info!(peer = %event.remote_peer_id, after = ?c.last_time_to_direct, "hole punch succeeded: direct path");
