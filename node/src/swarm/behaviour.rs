@@ -95,11 +95,13 @@ impl MeshBehaviour {
         } else {
             None
         };
-        let mut kad = kad::Behaviour::with_config(
-            peer,
-            kad::store::MemoryStore::new(peer),
-            kad::Config::new(KAD_PROTOCOL),
-        );
+        // Only members go into the routing table (the node adds them once
+        // verified): a relay or any peer outside our meshes is never handed
+        // out to, or dialled by, Kademlia's queries and bootstraps.
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+        let mut kad =
+            kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
         // Inside a mesh there is often no confirmed external address (LAN only),
         // so client mode would never answer: always serve.
         kad.set_mode(Some(kad::Mode::Server));
