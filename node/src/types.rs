@@ -322,8 +322,8 @@ pub enum Reachability {
     /// A peer dialled one of our addresses back: members can connect to us
     /// directly, we hold no relay reservation.
     Public,
-    /// Every address tested failed: members reach us through a relay (and
-    /// hole punching).
+    /// A tested address was not reachable and none is confirmed: members
+    /// reach us through a relay (and hole punching).
     Private,
 }
 

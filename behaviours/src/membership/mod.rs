@@ -55,12 +55,15 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How many peers may be connected before they are verified (default 128).
     pub max_unverified_peers: usize,
-    /// Keep peers that are not members connected instead of closing their
-    /// connections (default `false`). A relay server sets it: it serves
-    /// reservations, circuits and AutoNAT to peers that share no mesh with
-    /// it. Such peers still get no app protocol (they are never verified),
-    /// and [`Config::max_unverified_peers`] still bounds them.
-    pub keep_non_members: bool,
+    /// Keep peers that are not members connected for this long instead of
+    /// closing their connections at once (default `None`: close at once).
+    /// A relay server sets it: peers that share no mesh with it use its
+    /// reservations and circuits. While the node marks such a peer exempt
+    /// ([`Behaviour::add_exempt`], e.g. while it holds a reservation) it
+    /// stays; once the grace is over and it is not exempt, it is closed.
+    /// Such peers never get an app protocol (they are never verified), and
+    /// [`Config::max_unverified_peers`] still bounds them.
+    pub non_member_grace: Option<Duration>,
 }
 
 impl Default for Config {
@@ -69,7 +72,7 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_unverified_peers: 128,
-            keep_non_members: false,
+            non_member_grace: None,
         }
     }
 }
@@ -254,6 +257,12 @@ impl Behaviour {
         self.exempt.insert(peer);
     }
 
+    /// Ends [`Behaviour::add_exempt`]: a non-member is closed again at the
+    /// end of its grace period.
+    pub fn remove_exempt(&mut self, peer: &PeerId) {
+        self.exempt.remove(peer);
+    }
+
     /// The meshes `peer` is verified for, if it is verified.
     pub fn verified(&self, peer: &PeerId) -> Option<&BTreeMap<MeshId, CertificateBody>> {
         match &self.peers.get(peer)?.state {
@@ -398,11 +407,22 @@ impl Behaviour {
     }
 
     fn reject(&mut self, peer: PeerId, reason: String, refused: bool, after_reply: bool) {
-        if self.exempt.contains(&peer) {
+        if let Some(grace) = self.config.non_member_grace {
+            // Kept for the grace period (longer while exempt); the first
+            // rejection sets the deadline and is reported, later ones are not.
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.closing.entry(peer) {
+                entry.insert(Instant::now() + grace);
+                tracing::debug!(%peer, %reason, "not a member; kept for the grace period");
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::Rejected {
+                        peer,
+                        reason,
+                        refused,
+                    }));
+            }
             return;
         }
-        if self.config.keep_non_members {
-            tracing::debug!(%peer, %reason, "not a member; kept connected (relay)");
+        if self.exempt.contains(&peer) {
             return;
         }
         tracing::debug!(%peer, %reason, refused, "peer rejected");
@@ -606,6 +626,12 @@ impl Behaviour {
             .map(|(p, _)| *p)
             .collect();
         for peer in due {
+            if self.exempt.contains(&peer) {
+                // In use (a relay reservation, say): look again later.
+                let grace = self.config.non_member_grace.unwrap_or(REFUSAL_GRACE);
+                self.closing.insert(peer, now + grace);
+                continue;
+            }
             self.closing.remove(&peer);
             if self.verified(&peer).is_none() {
                 self.close(peer);
@@ -616,9 +642,7 @@ impl Behaviour {
             .iter()
             .filter_map(|(peer, entry)| match entry.state {
                 PeerState::Unverified { since, hello_sent }
-                    if !hello_sent
-                        && !self.config.keep_non_members
-                        && now.duration_since(since) >= self.config.hello_timeout =>
+                    if !hello_sent && now.duration_since(since) >= self.config.hello_timeout =>
                 {
                     Some(*peer)
                 }

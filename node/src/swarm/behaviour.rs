@@ -104,7 +104,13 @@ impl MeshBehaviour {
             kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
         // Inside a mesh there is often no confirmed external address (LAN only),
         // so client mode would never answer: always serve.
-        kad.set_mode(Some(kad::Mode::Server));
+        // A relay server talks to many peers outside its meshes: it does not
+        // answer Kademlia queries, which would hand them its members.
+        kad.set_mode(Some(if config.relay_server {
+            kad::Mode::Client
+        } else {
+            kad::Mode::Server
+        }));
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
@@ -143,16 +149,21 @@ impl MeshBehaviour {
     }
 }
 
-/// Membership checks. A relay server keeps non-members connected (they
-/// reserve, open circuits, ask AutoNAT), as many as it has reservations and
-/// circuits, on top of the usual unverified bound.
+/// How long a relay server keeps a non-member that holds no reservation or
+/// circuit (a joiner's circuit, an open relay's client about to reserve).
+pub(crate) const NON_MEMBER_GRACE: Duration = Duration::from_secs(30);
+
+/// Membership checks. A relay server keeps non-members for
+/// [`NON_MEMBER_GRACE`], and as long as they hold a reservation or circuit
+/// (the node marks them exempt), as many as it has reservations and
+/// circuits on top of the usual unverified bound.
 fn membership_config(config: &Config) -> membership::Config {
     let defaults = membership::Config::default();
     if !config.relay_server {
         return defaults;
     }
     membership::Config {
-        keep_non_members: true,
+        non_member_grace: Some(NON_MEMBER_GRACE),
         max_unverified_peers: defaults.max_unverified_peers
             + config.relay_max_reservations
             + config.relay_max_circuits,
@@ -195,12 +206,14 @@ fn relay_config(config: &Config, shared: Arc<Shared>) -> relay::Config {
 }
 
 /// Circuits a non-member may open on a members-only relay: one per peer
-/// every [`JoinerCircuits::PER_PEER`], and [`JoinerCircuits::PER_MINUTE`]
-/// in all. Members are not limited.
+/// and one per source IP address every [`JoinerCircuits::PER_PEER`], and
+/// [`JoinerCircuits::PER_MINUTE`] in all. Members are not limited by it
+/// (libp2p's own per-peer and per-IP circuit limiters apply to everyone).
 pub(crate) struct JoinerCircuits {
     open: bool,
     shared: Arc<Shared>,
     last: HashMap<PeerId, Instant>,
+    last_ip: HashMap<std::net::IpAddr, Instant>,
     window: (Instant, u32),
 }
 
@@ -217,39 +230,52 @@ impl JoinerCircuits {
             open,
             shared,
             last: HashMap::new(),
+            last_ip: HashMap::new(),
             window: (Instant::now(), 0),
         }
     }
 
-    /// Whether a non-member may open a circuit now.
-    fn allow_joiner(&mut self, peer: PeerId, now: Instant) -> bool {
+    /// Whether a non-member may open a circuit now from `ip` (if known).
+    fn allow_joiner(&mut self, peer: PeerId, ip: Option<std::net::IpAddr>, now: Instant) -> bool {
         if now.duration_since(self.window.0) >= Duration::from_secs(60) {
             self.window = (now, 0);
             self.last
                 .retain(|_, at| now.duration_since(*at) < Self::PER_PEER);
+            self.last_ip
+                .retain(|_, at| now.duration_since(*at) < Self::PER_PEER);
         }
-        if self.window.1 >= Self::PER_MINUTE || self.last.len() >= Self::MAX_PEERS {
+        if self.window.1 >= Self::PER_MINUTE
+            || self.last.len() >= Self::MAX_PEERS
+            || self.last_ip.len() >= Self::MAX_PEERS
+        {
             return false;
         }
-        if self
-            .last
-            .get(&peer)
-            .is_some_and(|at| now.duration_since(*at) < Self::PER_PEER)
+        let recent = |at: &Instant| now.duration_since(*at) < Self::PER_PEER;
+        if self.last.get(&peer).is_some_and(recent)
+            || ip.is_some_and(|ip| self.last_ip.get(&ip).is_some_and(recent))
         {
             return false;
         }
         self.last.insert(peer, now);
+        if let Some(ip) = ip {
+            self.last_ip.insert(ip, now);
+        }
         self.window.1 += 1;
         true
     }
 }
 
 impl relay::RateLimiter for JoinerCircuits {
-    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, now: Instant) -> bool {
+    fn try_next(&mut self, peer: PeerId, addr: &Multiaddr, now: Instant) -> bool {
         let member = read(&self.shared.remotes)
             .get(&peer)
             .is_some_and(|r| r.connected);
-        self.open || member || self.allow_joiner(peer, now)
+        let ip = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        });
+        self.open || member || self.allow_joiner(peer, ip, now)
     }
 }
 
@@ -276,18 +302,25 @@ mod tests {
         let mut limiter = JoinerCircuits::new(false, shared);
         let start = Instant::now();
         let joiner = PeerId::random();
-        assert!(limiter.allow_joiner(joiner, start));
-        assert!(!limiter.allow_joiner(joiner, start + Duration::from_secs(1)));
-        assert!(limiter.allow_joiner(joiner, start + JoinerCircuits::PER_PEER));
+        let ip = |n: u8| Some(std::net::IpAddr::from([198, 51, 100, n]));
+        assert!(limiter.allow_joiner(joiner, ip(1), start));
+        assert!(!limiter.allow_joiner(joiner, ip(2), start + Duration::from_secs(1)));
+        // Another peer id from the same address: refused too.
+        assert!(!limiter.allow_joiner(PeerId::random(), ip(1), start + Duration::from_secs(1)));
+        assert!(limiter.allow_joiner(joiner, ip(1), start + JoinerCircuits::PER_PEER));
         // The overall budget per minute.
         let mut allowed = 2;
-        for _ in 0..100 {
-            if limiter.allow_joiner(PeerId::random(), start + Duration::from_secs(11)) {
+        for n in 0..100u8 {
+            if limiter.allow_joiner(
+                PeerId::random(),
+                ip(n.saturating_add(10)),
+                start + Duration::from_secs(11),
+            ) {
                 allowed += 1;
             }
         }
         assert_eq!(allowed, JoinerCircuits::PER_MINUTE);
         // A new minute, a new budget.
-        assert!(limiter.allow_joiner(PeerId::random(), start + Duration::from_secs(61)));
+        assert!(limiter.allow_joiner(PeerId::random(), ip(200), start + Duration::from_secs(61)));
     }
 }

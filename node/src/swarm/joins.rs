@@ -6,14 +6,17 @@
 //! which endpoint connected and which path the train ended on.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
 use libp2p::{
     core::ConnectedPoint,
     multiaddr::Protocol,
-    swarm::dial_opts::{DialOpts, PeerCondition},
+    swarm::{
+        dial_opts::{DialOpts, PeerCondition},
+        ConnectionId,
+    },
     Multiaddr, PeerId,
 };
 use tokio::sync::oneshot;
@@ -59,8 +62,12 @@ pub(super) struct PendingJoin {
     stages: VecDeque<(EndpointGroup, Vec<Multiaddr>)>,
     /// When the next group is dialled even if the current one is still trying.
     next_stage_at: Option<Instant>,
-    /// Dials started and not finished.
-    dials_in_flight: u32,
+    /// This join's dials, started and not finished (other dials to the
+    /// same peer, by mDNS or reconnection, do not count).
+    dials: HashSet<ConnectionId>,
+    /// The invite's relays: exempt from membership checks while joining
+    /// (they need not be members), remembered once the join succeeds.
+    relays: Vec<Multiaddr>,
     /// Groups dialled, in order.
     tried: Vec<EndpointGroup>,
     /// Every endpoint of the invite with its group.
@@ -152,7 +159,17 @@ impl Runtime {
         }
         self.rejected.remove(&peer);
         // The invite's relays serve our own reservations too.
-        self.learn_relays(invite.endpoints.relay.iter());
+        let relays: Vec<Multiaddr> = invite
+            .endpoints
+            .relay
+            .iter()
+            .filter_map(super::relays::relay_of)
+            .collect();
+        for relay in &relays {
+            if let Some(Protocol::P2p(relay_peer)) = relay.iter().last() {
+                self.swarm.behaviour_mut().membership.add_exempt(relay_peer);
+            }
+        }
         let verified = self.swarm.behaviour().membership.verified(&peer).is_some();
         let stale = self.swarm.is_connected(&peer) && !verified;
         self.joins.insert(
@@ -169,7 +186,8 @@ impl Runtime {
                 admitted: None,
                 stages,
                 next_stage_at: None,
-                dials_in_flight: 0,
+                dials: HashSet::new(),
+                relays,
                 tried: Vec::new(),
                 endpoints,
                 connected_via: None,
@@ -210,15 +228,16 @@ impl Runtime {
             };
             let Some((group, addrs)) = join.stages.pop_front() else {
                 join.next_stage_at = None;
-                if join.dials_in_flight == 0 {
-                    let reason = join
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "no endpoint could be dialled".into());
-                    self.finish_join(
-                        peer,
-                        Err(Error::Join(format!("could not reach {peer}: {reason}"))),
-                    );
+                if join.dials.is_empty() {
+                    // Admitted (and saved) already: the join stands.
+                    let answer = join.admitted.clone().ok_or_else(|| {
+                        let reason = join
+                            .last_error
+                            .clone()
+                            .unwrap_or_else(|| "no endpoint could be dialled".into());
+                        Error::Join(format!("could not reach {peer}: {reason}"))
+                    });
+                    self.finish_join(peer, answer);
                 }
                 return;
             };
@@ -226,12 +245,13 @@ impl Runtime {
                 .addresses(addrs)
                 .condition(PeerCondition::Disconnected)
                 .build();
+            let dial = opts.connection_id();
             match self.swarm.dial(opts) {
                 Ok(()) => {
                     tracing::debug!(%peer, %group, "join: dialling endpoints");
                     if let Some(join) = self.joins.get_mut(&peer) {
                         join.tried.push(group);
-                        join.dials_in_flight += 1;
+                        join.dials.insert(dial);
                         join.next_stage_at =
                             (!join.stages.is_empty()).then(|| Instant::now() + head_start(group));
                     }
@@ -261,24 +281,39 @@ impl Runtime {
     }
 
     /// A connection to a peer we are joining through came up.
-    pub(super) fn on_join_connection(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+    pub(super) fn on_join_connection(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+    ) {
         let Some(join) = self.joins.get_mut(&peer) else {
             return;
         };
+        let ours = join.dials.remove(&connection);
         if let ConnectedPoint::Dialer { address, .. } = endpoint {
-            join.dials_in_flight = join.dials_in_flight.saturating_sub(1);
-            join.connected_via.get_or_insert_with(|| address.clone());
+            // Our dial's address first; another dial's if it won the race.
+            if ours || join.connected_via.is_none() {
+                join.connected_via = Some(address.clone());
+            }
         }
         join.stages.clear();
         join.next_stage_at = None;
     }
 
     /// A dial towards a peer we are joining through failed.
-    pub(super) fn on_join_dial_failed(&mut self, peer: PeerId, error: String) {
+    pub(super) fn on_join_dial_failed(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        error: String,
+    ) {
         let Some(join) = self.joins.get_mut(&peer) else {
             return;
         };
-        join.dials_in_flight = join.dials_in_flight.saturating_sub(1);
+        if !join.dials.remove(&connection) {
+            return;
+        }
         join.last_error = Some(error);
         if !self.swarm.is_connected(&peer) && !join.deferred {
             self.dial_next_stage(peer);
@@ -322,6 +357,22 @@ impl Runtime {
         let Some(join) = self.joins.remove(&peer) else {
             return;
         };
+        // The invite's relays: kept (and used for reservations) once in the
+        // mesh; otherwise no longer exempt.
+        if result.is_ok() {
+            self.learn_relays(join.relays.iter());
+        } else {
+            for relay in &join.relays {
+                if let Some(Protocol::P2p(relay_peer)) = relay.iter().last() {
+                    if !self.relays.contains_key(&relay_peer) {
+                        self.swarm
+                            .behaviour_mut()
+                            .membership
+                            .remove_exempt(&relay_peer);
+                    }
+                }
+            }
+        }
         let report = result.map(|mesh| {
             let endpoint_group = join
                 .connected_via

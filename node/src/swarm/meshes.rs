@@ -396,6 +396,7 @@ impl Runtime {
         for peer in dropped {
             self.shared.remove_remote(&peer);
             self.swarm.behaviour_mut().train.unwatch(&peer);
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
         }
         // Peers still sharing other meshes keep only those meshes' grants.
         let membership = &self.swarm.behaviour().membership;

@@ -179,6 +179,9 @@ pub(crate) struct Runtime {
     relayed_at: HashMap<PeerId, Instant>,
     /// How peers see us and what AutoNAT found.
     reachability: reachability::ReachabilityState,
+    /// Peers using our relay server: reservations plus circuits each
+    /// (bounded by the relay's own limits).
+    relay_users: HashMap<PeerId, u32>,
     /// Prometheus recorders.
     metrics: crate::metrics::NodeMetrics,
     /// When each member last had a working path (unix ms).
@@ -241,6 +244,7 @@ impl Runtime {
             relays: HashMap::new(),
             relay_counters: relays::RelayCounters::default(),
             reachability: reachability::ReachabilityState::default(),
+            relay_users: HashMap::new(),
             metrics,
             relayed_at: HashMap::new(),
             early_identify: HashMap::new(),
@@ -398,7 +402,7 @@ impl Runtime {
                     .push((connection_id, endpoint));
                 crate::shared::lock(&self.shared.path_traffic).insert(connection_id, (0, 0));
                 self.note_connection(peer_id, &endpoint_for_relays);
-                self.on_join_connection(peer_id, &endpoint_for_relays);
+                self.on_join_connection(peer_id, connection_id, &endpoint_for_relays);
                 self.tune_heartbeats(peer_id);
                 if self.relays.contains_key(&peer_id) {
                     self.reserve_on_relays();
@@ -412,11 +416,11 @@ impl Runtime {
             } => self.on_connection_closed(peer_id, connection_id, num_established),
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
+                connection_id,
                 error,
-                ..
             } => {
                 tracing::debug!(%peer, %error, "dial failed");
-                self.on_join_dial_failed(peer, error.to_string());
+                self.on_join_dial_failed(peer, connection_id, error.to_string());
             }
             _ => {}
         }
@@ -521,7 +525,13 @@ impl Runtime {
 
     fn on_membership_event(&mut self, event: membership::Event) {
         match event {
-            membership::Event::Verified { peer, meshes } => self.on_verified(peer, meshes),
+            membership::Event::Verified { peer, meshes } => {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .remove_blacklisted_peer(&peer);
+                self.on_verified(peer, meshes)
+            }
             membership::Event::Rejected {
                 peer,
                 reason,
@@ -532,6 +542,11 @@ impl Runtime {
                 // (timeout under load, I/O) is retried on the next hint or tick.
                 if refused {
                     self.remember_rejected(peer);
+                }
+                // A relay keeps non-members connected for a while: they get
+                // no gossip (our meshes' state topics) meanwhile.
+                if self.config.relay_server {
+                    self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
                 }
             }
             membership::Event::JoinRequested {
@@ -827,6 +842,9 @@ impl Runtime {
             .get(&peer)
             .is_some_and(|t| t.elapsed() < REJECT_COOLDOWN)
         {
+            return;
+        }
+        if self.is_paused_member(&peer) {
             return;
         }
         let opts = DialOpts::peer_id(peer)

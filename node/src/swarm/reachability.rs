@@ -4,11 +4,7 @@
 //! reservations depend on the answer: a node that is publicly reachable
 //! holds none.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::IpAddr, time::Instant};
 
 use libp2p::{autonat, multiaddr::Protocol, upnp, Multiaddr};
 
@@ -21,8 +17,6 @@ use crate::types::{NetworkStatus, Reachability, UpnpStatus};
 pub(super) const MAX_OBSERVED: usize = 16;
 /// AutoNAT results remembered, one per tested address, at most.
 pub(super) const MAX_TESTED: usize = 16;
-/// How long an AutoNAT failure counts against an address.
-const FAILURE_MEMORY: Duration = Duration::from_secs(600);
 
 /// What we know about our own reachability.
 #[derive(Default)]
@@ -97,10 +91,10 @@ impl ReachabilityState {
         );
     }
 
-    fn recent_failure(&self) -> bool {
-        self.tested
-            .values()
-            .any(|(ok, at)| !ok && at.elapsed() < FAILURE_MEMORY)
+    /// Whether a tested address was not reachable (AutoNAT v2 does not
+    /// test it again, so the answer stands).
+    fn any_failure(&self) -> bool {
+        self.tested.values().any(|(ok, _)| !ok)
     }
 }
 
@@ -115,9 +109,13 @@ impl Runtime {
             .collect()
     }
 
-    /// Whether members can dial us directly from the internet.
+    /// Whether members can dial us directly from the internet: a confirmed
+    /// public IPv4 address (members on IPv4 only, behind carrier-grade NAT,
+    /// could not use a confirmed IPv6 address alone).
     pub(super) fn publicly_reachable(&self) -> bool {
-        !self.public_addrs().is_empty()
+        self.public_addrs()
+            .iter()
+            .any(|a| matches!(ip_of(a), Some(IpAddr::V4(_))))
     }
 
     pub(super) fn on_autonat_event(&mut self, event: autonat::v2::client::Event) {
@@ -197,7 +195,7 @@ impl Runtime {
         let is_behind_nat = public_ip.map(|ip| !local_ips.contains(&ip));
         let reachability = if !public_addrs.is_empty() {
             Reachability::Public
-        } else if state.recent_failure() {
+        } else if state.any_failure() {
             Reachability::Private
         } else {
             Reachability::Unknown
@@ -262,12 +260,12 @@ mod tests {
     #[test]
     fn autonat_results_are_bounded_and_failures_remembered() {
         let mut state = ReachabilityState::default();
-        assert!(!state.recent_failure());
+        assert!(!state.any_failure());
         for port in 0..(MAX_TESTED as u16 + 4) {
             state.tested(addr(&format!("/ip4/198.51.100.9/tcp/{port}")), false);
         }
         assert_eq!(state.tested.len(), MAX_TESTED);
-        assert!(state.recent_failure());
+        assert!(state.any_failure());
         assert_eq!((state.tests, state.confirmed), (MAX_TESTED as u64 + 4, 0));
     }
 

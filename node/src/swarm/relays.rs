@@ -39,6 +39,8 @@ pub(super) struct KnownRelay {
     accepted: bool,
     /// When to try again after a failure.
     retry_at: Option<Instant>,
+    /// When it may be dialled again while we are not connected.
+    next_dial: Option<Instant>,
 }
 
 /// Counters of relaying and hole punching.
@@ -78,17 +80,23 @@ impl Runtime {
     /// Registers a relay that need not be a mesh member (configured, or
     /// from an invite): membership does not turn it away.
     pub(super) fn add_outside_relay(&mut self, addr: Multiaddr) {
-        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-            self.swarm.behaviour_mut().membership.add_exempt(peer);
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        if self.add_relay(addr) {
+            if let Some(peer) = peer {
+                self.swarm.behaviour_mut().membership.add_exempt(peer);
+            }
         }
-        self.add_relay(addr);
     }
 
-    /// The relays of an invite's relayed endpoints: used for our own
-    /// reservations from now on, and remembered across restarts.
-    pub(super) fn learn_relays<'a>(&mut self, endpoints: impl Iterator<Item = &'a Multiaddr>) {
+    /// Relays (ending in `/p2p/<relay>`) from the invite of a successful
+    /// join: used for our own reservations from now on, and remembered
+    /// across restarts.
+    pub(super) fn learn_relays<'a>(&mut self, relays: impl Iterator<Item = &'a Multiaddr>) {
         let mut learned = self.learned_relays();
-        for relay in endpoints.filter_map(relay_of) {
+        for relay in relays.cloned() {
             if !learned.contains(&relay) && learned.len() < MAX_KNOWN_RELAYS {
                 learned.push(relay.clone());
             }
@@ -132,6 +140,7 @@ impl Runtime {
             listener: None,
             accepted: false,
             retry_at: None,
+            next_dial: None,
         });
         true
     }
@@ -160,7 +169,16 @@ impl Runtime {
                 break;
             }
             if !self.swarm.is_connected(&peer) {
-                let addr = self.relays[&peer].addr.clone();
+                // Dialled at most once per retry period (a relay that is gone
+                // is not hammered).
+                let Some(relay) = self.relays.get_mut(&peer) else {
+                    continue;
+                };
+                if relay.next_dial.is_some_and(|t| t > now) {
+                    continue;
+                }
+                relay.next_dial = Some(now + RESERVATION_RETRY);
+                let addr = relay.addr.clone();
                 if let Err(e) = self.swarm.dial(addr) {
                     tracing::debug!(%peer, error = %e, "cannot dial relay");
                 }
@@ -262,6 +280,7 @@ impl Runtime {
 
     pub(super) fn on_relay_server_event(&mut self, event: relay::Event) {
         tracing::debug!(?event, "relay server");
+        self.track_relay_users(&event);
         let c = &mut self.relay_counters;
         match event {
             relay::Event::ReservationReqAccepted { src_peer_id, .. }
@@ -284,6 +303,46 @@ impl Runtime {
                 tracing::info!(peer = %src_peer_id, "relay circuit refused");
             }
             _ => {}
+        }
+    }
+
+    /// Peers using our relay (a reservation, or either end of a circuit)
+    /// stay connected while they do, member or not; a non-member is closed
+    /// after its grace period once it no longer does.
+    fn track_relay_users(&mut self, event: &relay::Event) {
+        let (started, ended): (Vec<PeerId>, Vec<PeerId>) = match event {
+            relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            } => (vec![*src_peer_id], vec![]),
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => (vec![], vec![*src_peer_id]),
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => (vec![*src_peer_id, *dst_peer_id], vec![]),
+            relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            } => (vec![], vec![*src_peer_id, *dst_peer_id]),
+            _ => return,
+        };
+        for peer in started {
+            *self.relay_users.entry(peer).or_default() += 1;
+            self.swarm.behaviour_mut().membership.add_exempt(peer);
+        }
+        for peer in ended {
+            let Some(uses) = self.relay_users.get_mut(&peer) else {
+                continue;
+            };
+            *uses = uses.saturating_sub(1);
+            if *uses == 0 {
+                self.relay_users.remove(&peer);
+                if !self.relays.contains_key(&peer) {
+                    self.swarm.behaviour_mut().membership.remove_exempt(&peer);
+                }
+            }
         }
     }
 

@@ -157,6 +157,25 @@ impl Runtime {
         Ok(peers)
     }
 
+    /// Whether `peer` is a saved member of ours whose meshes all have
+    /// `auto_reconnect` off (mDNS and member hints do not dial it then).
+    pub(super) fn is_paused_member(&self, peer: &PeerId) -> bool {
+        let peer_str = peer.to_string();
+        let mut member = false;
+        for id in self.meshes.keys() {
+            let Ok(members) = self.mesh_members(id) else {
+                continue;
+            };
+            if members.contains(&peer_str) {
+                member = true;
+                if self.store.auto_reconnect(&id.to_string()).ok().flatten() != Some(false) {
+                    return false;
+                }
+            }
+        }
+        member
+    }
+
     /// Turns reconnection to a mesh's members on or off.
     pub(super) fn set_auto_reconnect(&mut self, mesh: &str, on: bool) -> Result<MeshInfo, Error> {
         let id = self.resolve_mesh(Some(mesh))?;
