@@ -74,8 +74,18 @@ ALTER TABLE meshes ADD COLUMN auto_reconnect INTEGER NOT NULL DEFAULT 1
     CHECK (auto_reconnect IN (0, 1));
 ";
 
+/// Version 3: endpoints are saved without the peer's own `/p2p/<peer id>`
+/// suffix (one row per address); rows written with it are folded into the
+/// bare form, or dropped where the bare form exists already.
+const V3: &str = "
+UPDATE OR IGNORE endpoints
+    SET addr = substr(addr, 1, length(addr) - length('/p2p/' || peer_id))
+    WHERE addr LIKE '%/p2p/' || peer_id;
+DELETE FROM endpoints WHERE addr LIKE '%/p2p/' || peer_id;
+";
+
 /// The ordered migration steps; entry `i` upgrades version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build creates and understands: the number of steps.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

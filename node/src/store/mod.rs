@@ -33,6 +33,10 @@
 //! | `peers` | `peer_id TEXT`, `name TEXT NULL`, `last_seen INTEGER` | primary key `peer_id` |
 //! | `endpoints` | `peer_id TEXT`, `addr TEXT`, `last_success INTEGER NULL`, `latency_ms INTEGER NULL` | primary key `(peer_id, addr)`; at most [`MAX_ENDPOINTS_PER_PEER`] rows per peer |
 //!
+//! Version 2 adds `meshes.auto_reconnect INTEGER` (0/1, default 1). Version 3
+//! rewrites `endpoints.addr` without the peer's own `/p2p/<peer id>` suffix
+//! (the form the node saves since).
+//!
 //! Times are unix seconds. Ids are strings (mesh ids, libp2p peer ids in their
 //! base58 text form); keys, certificates and permissions are opaque blobs. The
 //! `endpoints` and `peers` tables are independent: an endpoint may be recorded

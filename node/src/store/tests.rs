@@ -79,7 +79,7 @@ fn fresh_file_store_is_configured() {
     let store = open(&dir);
     assert!(dir.db().is_file());
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
     let mode: String = store
         .conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -841,10 +841,58 @@ fn a_version_1_database_is_migrated_keeping_its_meshes() {
         .unwrap();
     }
     let store = open(&dir);
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     assert_eq!(
         store.mesh("m1").unwrap().map(|m| m.name),
         Some("old".into())
     );
     assert_eq!(store.auto_reconnect("m1").unwrap(), Some(true));
+}
+
+#[test]
+fn endpoints_saved_with_the_peer_suffix_are_folded_by_the_v3_migration() {
+    let dir = TempDir::new("v3");
+    let peer = "12D3KooWGzs4Ywc1A4FbzGGXfYWmdYy1ZQZ3ZS8JSqULEWDJAVLA";
+    {
+        let raw = rusqlite::Connection::open(dir.db()).unwrap();
+        for step in &super::migrations::MIGRATIONS[..2] {
+            raw.execute_batch(step).unwrap();
+        }
+        raw.pragma_update(None, "user_version", 2).unwrap();
+        let rows = [
+            // Both forms of one address: one row remains.
+            (format!("/ip4/10.0.0.1/tcp/1/p2p/{peer}"), Some(5)),
+            ("/ip4/10.0.0.1/tcp/1".to_string(), Some(7)),
+            // Only the suffixed form: renamed.
+            (format!("/ip4/10.0.0.2/tcp/2/p2p/{peer}"), Some(9)),
+            // A relayed address keeps the relay's id.
+            (
+                "/ip4/10.0.0.3/tcp/3/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo/p2p-circuit".to_string(),
+                None,
+            ),
+        ];
+        for (addr, success) in rows {
+            raw.execute(
+                "INSERT INTO endpoints (peer_id, addr, last_success) VALUES (?1, ?2, ?3)",
+                rusqlite::params![peer, addr, success],
+            )
+            .unwrap();
+        }
+    }
+    let store = open(&dir);
+    let mut addrs: Vec<String> = store
+        .endpoints(peer)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.addr)
+        .collect();
+    addrs.sort();
+    assert_eq!(
+        addrs,
+        vec![
+            "/ip4/10.0.0.1/tcp/1".to_string(),
+            "/ip4/10.0.0.2/tcp/2".to_string(),
+            "/ip4/10.0.0.3/tcp/3/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo/p2p-circuit".to_string(),
+        ]
+    );
 }
