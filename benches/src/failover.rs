@@ -12,52 +12,33 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use atmosphere::{Config, InviteOptions, MemberStatus, Node, NodeBuilder, PeerId};
+use anyhow::{anyhow, bail, Result};
+use atmosphere::{InviteOptions, MemberStatus, Node, PeerId};
 use atmosphere_lab::{Host, Lab, Link};
 use bytes::Bytes;
-use tempfile::TempDir;
 
-use crate::{report::Row, stats::median};
+use crate::{
+    labnode::{self, wait_for, LabNode, WAIT},
+    report::Row,
+    stats::median,
+};
 
 /// Messages per second during the cuts.
 const RATE: u32 = 200;
-/// Longest wait for anything.
-const WAIT: Duration = Duration::from_secs(60);
-
-struct LabNode {
-    node: Node,
-    _dir: TempDir,
-}
 
 async fn start(host: &Host, name: &str) -> Result<LabNode> {
-    let dir = tempfile::tempdir()?;
-    let mut config = Config::ephemeral(dir.path());
-    config.name = Some(name.to_owned());
-    config.listen = vec!["/ip4/0.0.0.0/tcp/0".parse()?];
-    // Restored links are found by probing; probe often to keep the run short
-    // (the switch itself does not depend on probing: the standby is warm).
-    config.probe_lan_secs = 1;
-    let node = host
-        .spawn(async move { NodeBuilder::new(config).build().await })
-        .await
-        .context("node task")??;
-    Ok(LabNode { node, _dir: dir })
-}
-
-async fn wait_for<F, Fut, T>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("timed out waiting for {what}")
+    labnode::start(host, name, |config| {
+        config.listen = vec![atmosphere::Multiaddr::empty()
+            .with(libp2p::multiaddr::Protocol::Ip4(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+            .with(libp2p::multiaddr::Protocol::Tcp(0))];
+        // Restored links are found by probing; probe often to keep the run
+        // short (the switch itself does not depend on probing: the standby
+        // is warm).
+        config.probe_lan_secs = 1;
+    })
+    .await
 }
 
 /// Which of `links` carries `node`'s active path to `peer`, once a healthy

@@ -3,6 +3,7 @@
 
 mod contender;
 mod failover;
+mod labnode;
 mod multi;
 mod nat;
 mod ours;

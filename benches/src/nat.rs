@@ -85,15 +85,17 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use atmosphere::{
-    listen_on_port, Config, InviteOptions, MemberStatus, Node, NodeBuilder, PathStatus, PeerId,
-    RelayStatus,
+    listen_on_port, Config, InviteOptions, MemberStatus, Node, PathStatus, PeerId, RelayStatus,
 };
 use atmosphere_lab::{Device, Host, Lab, NatKind};
 use bytes::Bytes;
 use serde::Serialize;
-use tempfile::TempDir;
 
-use crate::{report::Row, stats::median};
+use crate::{
+    labnode::{self, wait_for, LabNode},
+    report::Row,
+    stats::median,
+};
 
 /// One-way delay of each home router's uplink.
 const UPLINK_DELAY: Duration = Duration::from_millis(50);
@@ -110,8 +112,6 @@ const PUNCH_DEADLINE: Duration = Duration::from_secs(30);
 /// Messages sent this close to the relayed → direct switch are left out of
 /// the latency figures.
 const GUARD: Duration = Duration::from_millis(500);
-/// Longest wait for setup steps (joins, reservations).
-const WAIT: Duration = Duration::from_secs(60);
 /// The topic bob publishes on.
 const TOPIC: &str = "bench.nat";
 /// The end-of-stream marker.
@@ -162,40 +162,14 @@ const COMBOS: [Combo; 3] = [
     },
 ];
 
-struct LabNode {
-    node: Node,
-    _dir: TempDir,
-}
-
 /// Starts a node in `host` with fresh data (so a fresh identity), listening
 /// on TCP and QUIC on ephemeral ports, after `tweak`.
 async fn start(host: &Host, name: &str, tweak: impl FnOnce(&mut Config)) -> Result<LabNode> {
-    let dir = tempfile::tempdir().context("temporary data directory")?;
-    let mut config = Config::ephemeral(dir.path());
-    config.name = Some(name.to_owned());
-    config.listen = listen_on_port(0);
-    tweak(&mut config);
-    let node = host
-        .spawn(async move { NodeBuilder::new(config).build().await })
-        .await
-        .context("node task")?
-        .with_context(|| format!("starting {name}"))?;
-    Ok(LabNode { node, _dir: dir })
-}
-
-async fn wait_for<F, Fut, T>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("timed out waiting for {what}")
+    labnode::start(host, name, |config| {
+        config.listen = listen_on_port(0);
+        tweak(config);
+    })
+    .await
 }
 
 /// `node`'s active path to `peer`: (class, remote address).
