@@ -93,6 +93,19 @@ pub enum EndpointGroup {
     Relay,
 }
 
+impl EndpointGroup {
+    /// The group an address belongs to, by its path class: relayed
+    /// addresses are `relay`, other internet addresses `public`, LAN (and
+    /// BLE) addresses `local`.
+    pub fn of(addr: &Multiaddr) -> Self {
+        match PathClass::classify(addr) {
+            PathClass::Relayed => EndpointGroup::Relay,
+            PathClass::Direct => EndpointGroup::Public,
+            PathClass::LanDirect | PathClass::Ble => EndpointGroup::Local,
+        }
+    }
+}
+
 impl std::fmt::Display for EndpointGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -245,10 +258,10 @@ impl InviteUri {
         if let Some(single) = endpoint.filter(|e| !e.is_empty()) {
             // v1 had one ungrouped endpoint: group it by its address.
             let addr = parse_endpoint(&single)?;
-            match PathClass::classify(&addr) {
-                PathClass::Relayed => endpoints.relay.push(addr),
-                PathClass::Direct => endpoints.public.push(addr),
-                PathClass::LanDirect | PathClass::Ble => endpoints.local.push(addr),
+            match EndpointGroup::of(&addr) {
+                EndpointGroup::Relay => endpoints.relay.push(addr),
+                EndpointGroup::Public => endpoints.public.push(addr),
+                EndpointGroup::Local => endpoints.local.push(addr),
             }
         }
         if endpoints.all().next().is_none() {

@@ -270,12 +270,7 @@ impl relay::RateLimiter for JoinerCircuits {
         let member = read(&self.shared.remotes)
             .get(&peer)
             .is_some_and(|r| r.connected);
-        let ip = addr.iter().find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-            libp2p::multiaddr::Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        });
-        self.open || member || self.allow_joiner(peer, ip, now)
+        self.open || member || self.allow_joiner(peer, reachability::ip_of(addr), now)
     }
 }
 

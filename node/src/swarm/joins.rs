@@ -26,7 +26,7 @@ use atmosphere_behaviours::{
     train::PathClass,
 };
 
-use super::{Runtime, JOIN_TIMEOUT};
+use super::{saved::without_peer, Runtime, JOIN_TIMEOUT};
 use crate::{
     error::Error,
     invite::{self, EndpointGroup, InviteUri},
@@ -79,15 +79,6 @@ pub(super) struct PendingJoin {
     started: Instant,
 }
 
-/// `addr` without a final `/p2p/<peer>`.
-fn without_peer(addr: &Multiaddr) -> Multiaddr {
-    let mut addr = addr.clone();
-    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-        addr.pop();
-    }
-    addr
-}
-
 /// The invite group of a connected address: the endpoint it matches, else
 /// the group its class belongs to.
 fn group_of(endpoints: &[(EndpointGroup, Multiaddr)], addr: &Multiaddr) -> EndpointGroup {
@@ -96,11 +87,7 @@ fn group_of(endpoints: &[(EndpointGroup, Multiaddr)], addr: &Multiaddr) -> Endpo
         .iter()
         .find(|(_, e)| without_peer(e) == bare)
         .map(|(g, _)| *g)
-        .unwrap_or(match PathClass::classify(addr) {
-            PathClass::Relayed => EndpointGroup::Relay,
-            PathClass::Direct => EndpointGroup::Public,
-            _ => EndpointGroup::Local,
-        })
+        .unwrap_or_else(|| EndpointGroup::of(addr))
 }
 
 impl Runtime {

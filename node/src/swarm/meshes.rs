@@ -13,7 +13,7 @@ use atmosphere_behaviours::membership::{
 use super::{unix_now, MeshState, Runtime};
 use crate::{
     error::Error,
-    invite::{self, Endpoints, InviteUri},
+    invite::{self, EndpointGroup, Endpoints, InviteUri},
     shared::write,
     store::{InviteRecord, MeshRecord},
     types::{Invite, InviteOptions, MeshInfo},
@@ -229,11 +229,11 @@ impl Runtime {
                 matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback())
                     || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback())
             });
-            match atmosphere_behaviours::train::PathClass::classify(&with_peer) {
-                atmosphere_behaviours::train::PathClass::Relayed => endpoints.relay.push(with_peer),
-                atmosphere_behaviours::train::PathClass::Direct => endpoints.public.push(with_peer),
-                _ if is_loopback => loopback.push(with_peer),
-                _ => endpoints.local.push(with_peer),
+            match EndpointGroup::of(&with_peer) {
+                EndpointGroup::Relay => endpoints.relay.push(with_peer),
+                EndpointGroup::Public => endpoints.public.push(with_peer),
+                EndpointGroup::Local if is_loopback => loopback.push(with_peer),
+                EndpointGroup::Local => endpoints.local.push(with_peer),
             }
         }
         // Loopback last: useful for nodes on the same machine, tried after the LAN.

@@ -37,10 +37,12 @@ impl Runtime {
 
     /// Sets the relay gauges from the current state.
     pub(super) fn refresh_relay_gauges(&self) {
-        let status = self.relay_status();
+        let counters = &self.relay_counters;
         let metrics = &self.metrics;
-        metrics.relay_reservations.set(status.reservations as i64);
-        metrics.relay_circuits.set(status.circuits as i64);
-        metrics.reserved_on.set(status.reserved_on.len() as i64);
+        metrics
+            .relay_reservations
+            .set(counters.reservations.len() as i64);
+        metrics.relay_circuits.set(counters.circuits as i64);
+        metrics.reserved_on.set(self.reserved_relay_count() as i64);
     }
 }

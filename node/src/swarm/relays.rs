@@ -376,6 +376,19 @@ impl Runtime {
         }
     }
 
+    /// Relays that accepted our reservation.
+    fn reserved_relays(&self) -> impl Iterator<Item = &PeerId> {
+        self.relays
+            .iter()
+            .filter(|(_, r)| r.accepted)
+            .map(|(p, _)| p)
+    }
+
+    /// How many relays hold a reservation for us.
+    pub(super) fn reserved_relay_count(&self) -> usize {
+        self.reserved_relays().count()
+    }
+
     /// The relay part of `status`.
     pub(super) fn relay_status(&self) -> RelayStatus {
         let c = &self.relay_counters;
@@ -388,12 +401,7 @@ impl Runtime {
             max_circuits: self.config.relay_max_circuits,
             reservations_denied: c.reservations_denied,
             circuits_denied: c.circuits_denied,
-            reserved_on: self
-                .relays
-                .iter()
-                .filter(|(_, r)| r.accepted)
-                .map(|(p, _)| p.to_string())
-                .collect(),
+            reserved_on: self.reserved_relays().map(ToString::to_string).collect(),
             dcutr_attempts: c.dcutr_attempts,
             dcutr_successes: c.dcutr_successes,
             last_time_to_direct_ms: c.last_time_to_direct.map(|d| d.as_millis() as u64),

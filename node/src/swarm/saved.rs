@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use libp2p::{Multiaddr, PeerId};
 
-use atmosphere_behaviours::{membership::cert::MeshId, train::PathClass};
+use atmosphere_behaviours::membership::cert::MeshId;
 
 use super::{unix_now, Runtime};
 use crate::{
@@ -20,18 +20,8 @@ use crate::{
 /// Saved endpoints listed per mesh, at most.
 pub(super) const MAX_LISTED_ENDPOINTS: usize = 64;
 
-/// The invite group an address belongs to.
-pub(super) fn endpoint_kind(addr: &Multiaddr) -> EndpointGroup {
-    match PathClass::classify(addr) {
-        PathClass::Relayed => EndpointGroup::Relay,
-        PathClass::Direct => EndpointGroup::Public,
-        PathClass::LanDirect | PathClass::Ble => EndpointGroup::Local,
-    }
-}
-
-/// How an endpoint is saved: the address without a final `/p2p/<peer>`
-/// (the peer is saved beside it), so one address is one row.
-pub(super) fn endpoint_key(addr: &Multiaddr) -> String {
+/// `addr` without a final `/p2p/<peer>`.
+pub(super) fn without_peer(addr: &Multiaddr) -> Multiaddr {
     let mut addr = addr.clone();
     if matches!(
         addr.iter().last(),
@@ -39,7 +29,13 @@ pub(super) fn endpoint_key(addr: &Multiaddr) -> String {
     ) {
         addr.pop();
     }
-    addr.to_string()
+    addr
+}
+
+/// How an endpoint is saved: the address without a final `/p2p/<peer>`
+/// (the peer is saved beside it), so one address is one row.
+pub(super) fn endpoint_key(addr: &Multiaddr) -> String {
+    without_peer(addr).to_string()
 }
 
 impl Runtime {
@@ -99,7 +95,7 @@ impl Runtime {
                 };
                 endpoints.push(SavedEndpoint {
                     peer_id: peer.clone(),
-                    kind: endpoint_kind(&addr),
+                    kind: EndpointGroup::of(&addr),
                     addr: endpoint.addr,
                     last_success: endpoint.last_success,
                     latency_ms: endpoint.latency_ms,
@@ -222,7 +218,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_grouped_like_invites() {
-        let kind = |s: &str| endpoint_kind(&s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
+        let kind = |s: &str| EndpointGroup::of(&s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
         assert_eq!(kind("/ip4/192.168.1.2/tcp/1"), EndpointGroup::Local);
         assert_eq!(
             kind("/ip4/198.51.100.2/udp/1/quic-v1"),
