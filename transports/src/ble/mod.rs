@@ -8,8 +8,14 @@
 //! - [`sim`]: an in-process simulated radio implementing [`BleLink`].
 //! - [`addr`]: the multiaddr form, `/memory/<u64>` packing a 48-bit device
 //!   address and a 16-bit PSM.
+//! - [`advert`]: what an advertisement carries (service UUID, peer-id hint
+//!   and PSM).
+//! - [`BoxedLink`]: any [`BleLink`] behind one concrete type, for code that
+//!   picks the radio at run time.
 
 pub mod addr;
+pub mod advert;
+mod boxed;
 pub mod sim;
 mod transport;
 
@@ -20,6 +26,7 @@ use futures::future::BoxFuture;
 use futures::{AsyncRead, AsyncWrite, Stream};
 
 pub use addr::{BleAddr, DeviceAddress};
+pub use boxed::{BoxedLink, BoxedStream, ReadWrite};
 pub use transport::BleTransport;
 
 /// First LE dynamic PSM (Bluetooth Core spec, LE credit-based channels).
@@ -56,6 +63,11 @@ pub trait BleLink: Send + Unpin + 'static {
 
     /// Starts scanning: a stream of sightings of advertising devices.
     fn discover(&self) -> Result<Self::Discovery, BleError>;
+
+    /// Advertises this device (connectable) with `data` as the service data
+    /// of Atmosphere's service ([`advert::SERVICE_UUID`]), replacing any
+    /// previous advertisement; `None` stops advertising.
+    fn advertise(&self, data: Option<Vec<u8>>) -> BoxFuture<'static, Result<(), BleError>>;
 }
 
 /// One advertisement seen by a scan.

@@ -486,7 +486,8 @@ impl SimNode {
     }
 
     /// Starts advertising `data` (service data), or stops with `None`.
-    pub fn advertise(&self, data: Option<Vec<u8>>) -> Result<(), BleError> {
+    /// Synchronous form of [`BleLink::advertise`].
+    pub fn set_advertisement(&self, data: Option<Vec<u8>>) -> Result<(), BleError> {
         let mut st = self.radio.lock();
         let node = st
             .nodes
@@ -567,6 +568,10 @@ impl BleLink for SimNode {
         st.scanners.push((self.address, tx));
         st.announce(self.address);
         Ok(SimDiscovery { rx })
+    }
+
+    fn advertise(&self, data: Option<Vec<u8>>) -> BoxFuture<'static, Result<(), BleError>> {
+        futures::future::ready(self.set_advertisement(data)).boxed()
     }
 }
 
@@ -1037,8 +1042,10 @@ mod tests {
         let a = radio.add_node(Position::new(0.0, 0.0), 10.0);
         let b = radio.add_node(Position::new(3.0, 0.0), 10.0);
         let c = radio.add_node(Position::new(30.0, 0.0), 10.0);
-        b.advertise(Some(b"hint-b".to_vec())).expect("advertise");
-        c.advertise(Some(b"hint-c".to_vec())).expect("advertise");
+        b.set_advertisement(Some(b"hint-b".to_vec()))
+            .expect("advertise");
+        c.set_advertisement(Some(b"hint-c".to_vec()))
+            .expect("advertise");
         let mut scan = a.discover().expect("discover");
         let s = scan.next().await.expect("sighting");
         assert_eq!(s.address, b.address());
