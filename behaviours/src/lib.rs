@@ -5,6 +5,9 @@
 //!   caller chooses.
 //! - [`membership`]: mesh certificates, the Hello exchange on every new
 //!   connection, invite redemption; non-members are disconnected.
+//! - [`pairing`]: proximity pairing with a 6-digit code both screens show
+//!   (a fresh X25519 key per session, the code bound to both peer ids), then
+//!   the founder's credentials to the new device.
 //! - [`pattern`]: topic names and subscription patterns (`*`, `**`).
 
 #![forbid(unsafe_code)]
@@ -13,5 +16,6 @@
 pub mod channel;
 pub mod heartbeat;
 pub mod membership;
+pub mod pairing;
 pub mod pattern;
 pub mod train;

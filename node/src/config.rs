@@ -113,6 +113,11 @@ pub struct Config {
     pub heartbeat_active_ms: u64,
     /// Heartbeats missed in a row before a path is declared dead. Default 3.
     pub heartbeat_max_missed: u32,
+    /// Least wait for a heartbeat answer on a BLE path, in ms. Default 4000:
+    /// a BLE link busy with a bulk transfer holds up to a yamux window
+    /// (256 KiB, about 2 s at 1 Mbit/s) ahead of a beat, and a lost BLE
+    /// link is reported by the radio's supervision timeout anyway.
+    pub heartbeat_ble_wait_ms: u64,
     /// Seconds between probes of a LAN address that could become a better
     /// path or the standby. Default 10 (×6 while the member has both an
     /// active path and a standby; ×2 per failed probe, up to ×4).
@@ -201,6 +206,7 @@ impl Default for Config {
             heartbeat_relay_secs: 60,
             heartbeat_active_ms: 750,
             heartbeat_max_missed: 3,
+            heartbeat_ble_wait_ms: 4000,
             probe_lan_secs: 10,
             probe_direct_secs: 10,
             probe_ble_secs: 5,

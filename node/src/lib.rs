@@ -35,6 +35,7 @@ pub mod types;
 pub mod wire;
 
 pub use atmosphere_behaviours as behaviours;
+pub use atmosphere_transports as transports;
 pub use config::{
     default_data_dir, listen_on_port, Config, ConfigError, DeviceProfile, DEFAULT_PORT,
 };
@@ -44,7 +45,8 @@ pub use node::{Node, NodeBuilder, STORE_FILE};
 pub use pubsub::Subscription;
 pub use rpc::{Handler, HandlerError};
 pub use types::{
-    CallOptions, Invite, InviteOptions, JoinReport, MemberStatus, MeshId, MeshInfo, Message,
-    NetworkStatus, PathStatus, PathSwitch, PeerEvent, PeerInfo, Permissions, Reachability,
-    RelayStatus, Request, Role, SavedEndpoint, Status, Traffic, UpnpStatus, VERSION,
+    BleStatus, CallOptions, Invite, InviteOptions, JoinReport, MemberStatus, MeshId, MeshInfo,
+    Message, NearbyDevice, NetworkStatus, PairingMode, PairingSession, PathStatus, PathSwitch,
+    PeerEvent, PeerInfo, Permissions, Reachability, RelayStatus, Request, Role, SavedEndpoint,
+    Status, Traffic, UpnpStatus, VERSION,
 };

@@ -2,8 +2,13 @@
 
 use std::{sync::Arc, time::Duration};
 
+use atmosphere_transports::ble::{BleLink, BleTransport, BoxedLink};
 use bytes::Bytes;
-use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId};
+use libp2p::{
+    core::{transport::OptionalTransport, upgrade},
+    identity::Keypair,
+    noise, tcp, yamux, Multiaddr, PeerId, Transport,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use atmosphere_behaviours::pattern::validate_topic;
@@ -19,8 +24,8 @@ use crate::{
     store::Store,
     swarm::{Command, MeshBehaviour, Runtime},
     types::{
-        CallOptions, Invite, InviteOptions, JoinReport, MeshInfo, PeerInfo, Request, Status,
-        VERSION,
+        CallOptions, Invite, InviteOptions, JoinReport, MeshInfo, NearbyDevice, PairingMode,
+        PairingSession, PeerInfo, Request, Status, VERSION,
     },
 };
 
@@ -33,18 +38,30 @@ pub const STORE_FILE: &str = "atmosphere.db";
 #[derive(Debug, Clone)]
 pub struct NodeBuilder {
     config: Config,
+    ble: Option<BoxedLink>,
 }
 
 impl NodeBuilder {
     /// A builder for `config`.
     pub fn new(config: Config) -> Self {
-        Self { config }
+        Self { config, ble: None }
+    }
+
+    /// Gives the node a Bluetooth LE radio (the simulated one of
+    /// [`atmosphere_transports::ble::sim`], or BlueZ with the transports
+    /// crate's `bluez` feature). The node then listens on an L2CAP PSM,
+    /// advertises, scans, and members it sees become `ble` path candidates
+    /// (see `docs/ble.md`).
+    pub fn ble(mut self, link: BoxedLink) -> Self {
+        self.ble = Some(link);
+        self
     }
 
     /// Opens the store, loads or creates the identity, starts listening and
     /// spawns the swarm task. Must run inside a tokio runtime.
     pub async fn build(self) -> Result<Node, Error> {
         let config = self.config;
+        let ble = self.ble;
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             Error::Identity(format!(
@@ -91,10 +108,24 @@ impl NodeBuilder {
             )
             .map_err(|e| Error::Transport(format!("TCP: {e}")))?
             .with_quic()
+            .with_other_transport(|key| {
+                let radio = match &ble {
+                    Some(link) => OptionalTransport::some(BleTransport::new(link.clone())),
+                    None => OptionalTransport::none(),
+                };
+                let noise = noise::Config::new(key)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+                Ok(radio
+                    .upgrade(upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default()))
+            })
+            .map_err(|e| Error::Transport(format!("BLE: {e}")))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| Error::Transport(format!("relay client: {e}")))?
             .with_behaviour(|key, relay_client| {
-                MeshBehaviour::new(key, relay_client, &config, shared.clone()).map_err(Box::from)
+                MeshBehaviour::new(key, relay_client, &config, &name, shared.clone())
+                    .map_err(Box::from)
             })
             .map_err(|e| Error::Transport(e.to_string()))?
             .with_swarm_config(|c| {
@@ -108,7 +139,7 @@ impl NodeBuilder {
         }
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (metrics, registry) = crate::metrics::NodeMetrics::new();
-        let runtime = Runtime::new(
+        let mut runtime = Runtime::new(
             swarm,
             keypair,
             shared.clone(),
@@ -118,6 +149,13 @@ impl NodeBuilder {
             commands.clone(),
             metrics,
         )?;
+        if let Some(link) = ble {
+            let sightings = link
+                .discover()
+                .map_err(|e| Error::Transport(format!("BLE scan: {e}")))?;
+            runtime = runtime.with_ble(link)?;
+            tokio::spawn(forward_sightings(sightings, commands.clone()));
+        }
         tokio::spawn(runtime.run(command_rx));
         let node = Node {
             inner: Arc::new(Inner {
@@ -132,6 +170,21 @@ impl NodeBuilder {
         node.wait_listening().await;
         tracing::info!(%peer_id, "node started");
         Ok(node)
+    }
+}
+
+/// Hands BLE sightings to the swarm task; drops them when its queue is full
+/// (a scan repeats what it sees).
+async fn forward_sightings(
+    mut sightings: <BoxedLink as BleLink>::Discovery,
+    commands: mpsc::Sender<Command>,
+) {
+    use futures::StreamExt;
+    while let Some(sighting) = sightings.next().await {
+        match commands.try_send(Command::BleSighting(sighting)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
     }
 }
 
@@ -358,6 +411,75 @@ impl Node {
     /// `RecvError::Lagged` with the number it missed, then continues.
     pub fn peer_events(&self) -> tokio::sync::broadcast::Receiver<crate::types::PeerEvent> {
         self.inner.shared.peer_events.subscribe()
+    }
+
+    /// Devices nearby: advertising Atmosphere over BLE (with a radio, see
+    /// [`NodeBuilder::ble`]) or found on the LAN by mDNS. Pair with one by
+    /// its `id` ([`Node::pair`]).
+    pub async fn nearby(&self) -> Result<Vec<NearbyDevice>, Error> {
+        self.ask(|reply| Command::Nearby { reply }).await
+    }
+
+    /// Turns pairing mode on for `mesh` (one we founded; `None`: our only
+    /// mesh) or off. While on, nearby devices may ask to pair
+    /// ([`Node::pair`] on their side); each request becomes a
+    /// [`PairingSession`] whose code the user confirms with
+    /// [`Node::pair_confirm`]. See `docs/ble.md`.
+    pub async fn pair_accept(&self, mesh: Option<&str>, on: bool) -> Result<PairingMode, Error> {
+        let mesh = mesh.map(str::to_owned);
+        self.ask(|reply| Command::PairAccept { mesh, on, reply })
+            .await?
+    }
+
+    /// Asks the nearby device `device` (a [`NearbyDevice::id`], a peer id,
+    /// or a multiaddr to dial, e.g. a LAN device without mDNS) to pair: dials it if needed and starts the session. Watch it with
+    /// [`Node::pairing_events`] or [`Node::pairing_session`]: once its state
+    /// is `comparing`, show the code and call [`Node::pair_confirm`] or
+    /// [`Node::pair_reject`].
+    pub async fn pair(&self, device: &str) -> Result<PairingSession, Error> {
+        let device = device.to_owned();
+        self.ask(|reply| Command::Pair { device, reply }).await?
+    }
+
+    /// The user saw the same code on both screens.
+    pub async fn pair_confirm(&self, session: u64) -> Result<PairingSession, Error> {
+        self.ask(|reply| Command::PairDecide {
+            session,
+            confirm: true,
+            reply,
+        })
+        .await?
+    }
+
+    /// The user rejects the pairing (the codes differ, or they changed
+    /// their mind): the session fails on both sides.
+    pub async fn pair_reject(&self, session: u64) -> Result<PairingSession, Error> {
+        self.ask(|reply| Command::PairDecide {
+            session,
+            confirm: false,
+            reply,
+        })
+        .await?
+    }
+
+    /// Pairing mode and the recent sessions (at most 16).
+    pub async fn pairing(&self) -> Result<(PairingMode, Vec<PairingSession>), Error> {
+        self.ask(|reply| Command::PairingState { reply }).await
+    }
+
+    /// One recent pairing session.
+    pub async fn pairing_session(&self, session: u64) -> Result<PairingSession, Error> {
+        let (_, sessions) = self.pairing().await?;
+        sessions
+            .into_iter()
+            .find(|s| s.id == session)
+            .ok_or_else(|| Error::Invalid(format!("no pairing session {session}")))
+    }
+
+    /// Pairing session updates from now on (bounded like
+    /// [`Node::peer_events`]).
+    pub fn pairing_events(&self) -> tokio::sync::broadcast::Receiver<PairingSession> {
+        self.inner.shared.pairing_events.subscribe()
     }
 
     /// Our own state.

@@ -18,7 +18,8 @@
 //! in order per sender, across any number of switches.
 //!
 //! Failure detection: when the oldest unacknowledged frame is older than
-//! `max(4 × SRTT, ack_timeout_floor)`, [`Session::ack_overdue`] says so once;
+//! `max(4 × SRTT, ack_timeout_floor)` plus its transmission time at the
+//! path's minimum expected rate, [`Session::ack_overdue`] says so once;
 //! the node then asks the connection train to promote the standby path.
 //!
 //! Bounds: the outbox holds at most [`OutboxLimits::frames`] frames and
@@ -460,19 +461,20 @@ impl Session {
     }
 
     /// True once when the oldest unacknowledged frame has waited longer than
-    /// `max(4 × SRTT, floor)` on the current path (re-armed by progress or a
-    /// new path).
-    pub fn ack_overdue(&self, floor: Duration) -> bool {
+    /// `max(4 × SRTT, floor)` plus its transmission time at `min_rate` bytes
+    /// per second on the current path (re-armed by progress or a new path).
+    /// The transmission time keeps a large frame on a slow path (1 MiB over
+    /// BLE takes seconds) from passing for a dead path.
+    pub fn ack_overdue(&self, floor: Duration, min_rate: u64) -> bool {
         let mut out = lock(&self.out);
         if out.timeout_fired || out.writer.is_none() {
             return false;
         }
         let rto = out.srtt.map_or(floor, |s| (s * 4).max(floor));
-        let late = out
-            .unacked
-            .front()
-            .and_then(|p| p.sent_at)
-            .is_some_and(|t| t.elapsed() > rto);
+        let late = out.unacked.front().is_some_and(|p| {
+            let transmission = Duration::from_secs_f64(p.size as f64 / min_rate.max(1) as f64);
+            p.sent_at.is_some_and(|t| t.elapsed() > rto + transmission)
+        });
         if late {
             out.timeout_fired = true;
         }
@@ -715,14 +717,43 @@ mod tests {
         );
         s.send(publish(1)).await.unwrap();
         batch(&s, g);
-        assert!(!s.ack_overdue(Duration::from_millis(30)));
+        assert!(!s.ack_overdue(Duration::from_millis(30), u64::MAX));
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(s.ack_overdue(Duration::from_millis(30)));
-        assert!(!s.ack_overdue(Duration::from_millis(30)), "reported once");
+        assert!(s.ack_overdue(Duration::from_millis(30), u64::MAX));
+        assert!(
+            !s.ack_overdue(Duration::from_millis(30), u64::MAX),
+            "reported once"
+        );
         s.attach(
             ConnectionId::new_unchecked(2),
             Frame::State(Default::default()),
         );
-        assert!(!s.ack_overdue(Duration::from_millis(30)), "not yet resent");
+        assert!(
+            !s.ack_overdue(Duration::from_millis(30), u64::MAX),
+            "not yet resent"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_gets_its_transmission_time_before_it_is_late() {
+        let s = Session::new(PeerId::random(), limits());
+        let (g, _) = s.attach(
+            ConnectionId::new_unchecked(1),
+            Frame::State(Default::default()),
+        );
+        s.send(Frame::Publish {
+            seq: 0,
+            topic: "t".into(),
+            payload: Bytes::from(vec![0u8; 50_000]),
+            ts: 0,
+        })
+        .await
+        .unwrap();
+        batch(&s, g);
+        // 50 kB at 250 kB/s: 200 ms on top of the 30 ms floor.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!s.ack_overdue(Duration::from_millis(30), 250_000));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(s.ack_overdue(Duration::from_millis(30), 250_000));
     }
 }

@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     /// Member status changes, for watchers (a bounded broadcast: a slow
     /// watcher misses events and is told how many).
     pub peer_events: broadcast::Sender<PeerEvent>,
+    /// Pairing session updates, for watchers (bounded like `peer_events`).
+    pub pairing_events: broadcast::Sender<crate::types::PairingSession>,
 }
 
 /// Member status events buffered per watcher.
@@ -191,6 +193,7 @@ impl Shared {
             path_traffic: Mutex::new(HashMap::new()),
             outbox,
             peer_events: broadcast::channel(PEER_EVENT_BUFFER).0,
+            pairing_events: broadcast::channel(PEER_EVENT_BUFFER).0,
         }
     }
 

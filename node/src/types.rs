@@ -310,6 +310,94 @@ pub struct Status {
     pub relay: RelayStatus,
     /// How this node is reachable from the internet.
     pub network: NetworkStatus,
+    /// The Bluetooth LE radio, when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ble: Option<BleStatus>,
+}
+
+/// The node's Bluetooth LE radio and the devices it sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BleStatus {
+    /// Our radio's device address (may rotate on real radios).
+    pub address: String,
+    /// The L2CAP PSM we listen on, once listening.
+    pub psm: Option<u16>,
+    /// Whether we advertise.
+    pub advertising: bool,
+    /// Open connections over BLE.
+    pub connections: usize,
+    /// Devices advertising Atmosphere nearby, strongest signal first.
+    pub nearby: Vec<NearbyDevice>,
+}
+
+/// A device nearby: advertising Atmosphere over BLE, or found on the LAN by
+/// mDNS. Pair with it by its `id` ([`crate::Node::pair`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NearbyDevice {
+    /// What to pair with: its peer-id hint, 12 hex digits (the same over
+    /// BLE and LAN for one device).
+    pub id: String,
+    /// How it was found: `"ble"` or `"lan"`.
+    pub via: String,
+    /// Where: a BLE device address and PSM, or a LAN multiaddr. A BLE
+    /// address is not an identity (it may rotate).
+    pub address: String,
+    /// Signal strength in dBm (BLE only).
+    pub rssi_dbm: Option<i16>,
+    /// Its peer id, when known (LAN, or a member seen over BLE). Unverified
+    /// until a connection's handshake proves it.
+    pub peer_id: Option<String>,
+    /// Whether it is a member of one of our meshes.
+    pub member: bool,
+    /// Its name, if it told us (unverified).
+    pub name: Option<String>,
+    /// Milliseconds since it was last seen.
+    pub last_seen_ms_ago: u64,
+}
+
+/// Whether this node accepts pairing requests, and for which mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingMode {
+    /// Whether inbound pairing requests are answered.
+    pub accepting: bool,
+    /// The mesh whose credentials a confirmed pairing hands out.
+    pub mesh_id: Option<String>,
+    /// That mesh's name.
+    pub mesh_name: Option<String>,
+}
+
+/// One pairing session, as the local user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingSession {
+    /// Session number (unique on this node while it runs).
+    pub id: u64,
+    /// Our role: `"requester"` or `"acceptor"`.
+    pub role: String,
+    /// The peer (proven by the connection's handshake).
+    pub peer_id: String,
+    /// The peer's name, as it claims.
+    pub peer_name: Option<String>,
+    /// `"connecting"`, `"comparing"` (show the code, ask the user),
+    /// `"confirmed"` (we confirmed, waiting for the peer),
+    /// `"completed"` or `"failed"`.
+    pub state: String,
+    /// The 6-digit code both screens show, once derived.
+    pub code: Option<String>,
+    /// Whether the peer's user confirmed the code.
+    pub peer_confirmed: bool,
+    /// The mesh the pairing made us share, once completed.
+    pub mesh_id: Option<String>,
+    /// That mesh's name.
+    pub mesh_name: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl PairingSession {
+    /// Whether the session is over (completed or failed).
+    pub fn is_over(&self) -> bool {
+        self.state == "completed" || self.state == "failed"
+    }
 }
 
 /// Whether this node can be reached from the internet, as AutoNAT v2 found.

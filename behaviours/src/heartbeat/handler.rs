@@ -3,7 +3,7 @@
 //! Outbound, it keeps one stream for its own beats and runs a fixed schedule:
 //! a beat goes out every `interval` (the first one as soon as the connection
 //! is up), at most one beat is outstanding, and a beat that has no answer
-//! `min(interval, max_wait)` after it was due is *missed*: its stream is
+//! `max(min(interval, max_wait), min_wait)` after it was due is *missed*: its stream is
 //! dropped (a late answer can then never be mistaken for the next one) and the
 //! next beat opens a new stream. An answer resets the count of consecutive
 //! misses; the `max_missed`-th consecutive miss is reported once as a timeout.
@@ -60,6 +60,8 @@ pub enum FromBehaviour {
     SetInterval {
         /// The new beat interval.
         interval: Duration,
+        /// The least wait for an answer.
+        min_wait: Duration,
         /// The path class sent in heartbeats.
         transport: String,
     },
@@ -92,6 +94,7 @@ pub enum ToBehaviour {
 pub(crate) struct Settings {
     pub(crate) interval: Duration,
     pub(crate) max_wait: Duration,
+    pub(crate) min_wait: Duration,
     pub(crate) max_missed: u32,
     pub(crate) max_frame: usize,
 }
@@ -204,7 +207,10 @@ impl Handler {
 
     /// How long a beat may go unanswered.
     fn wait(&self) -> Duration {
-        self.settings.interval.min(self.settings.max_wait)
+        self.settings
+            .interval
+            .min(self.settings.max_wait)
+            .max(self.settings.min_wait)
     }
 
     fn take_nonce(&mut self) -> u64 {
@@ -467,8 +473,12 @@ impl ConnectionHandler for Handler {
         match event {
             FromBehaviour::SetInterval {
                 interval,
+                min_wait,
                 transport,
-            } => self.set_interval(interval, transport),
+            } => {
+                self.settings.min_wait = min_wait;
+                self.set_interval(interval, transport)
+            }
         }
     }
 

@@ -16,7 +16,8 @@
 //!
 //! A beat is due every `interval` (the first as soon as the connection is up),
 //! and at most one is outstanding. A beat is **missed** when no valid answer
-//! arrived `min(interval, max_wait)` after it was due (stream negotiation
+//! arrived `max(min(interval, max_wait), min_wait)` after it was due
+//! ([`Behaviour::set_min_wait`]; stream negotiation
 //! included), or earlier if its stream failed or the answer was invalid; the
 //! stream is then dropped and the next beat opens a new one. Each miss yields
 //! [`Event::Missed`] with the number of consecutive misses; the
@@ -211,6 +212,8 @@ pub enum Event {
 struct Connection {
     peer: PeerId,
     interval: Duration,
+    /// Least wait for an answer (see [`Behaviour::set_min_wait`]).
+    min_wait: Duration,
     transport: String,
     /// Whether the connection is in `Behaviour::updates`.
     update_queued: bool,
@@ -304,6 +307,36 @@ impl Behaviour {
         true
     }
 
+    /// Sets the least time a beat on `connection` waits for its answer
+    /// before it is missed (default zero): the wait becomes
+    /// `max(min(interval, max_wait), min_wait)`. For slow links whose queue
+    /// can hold seconds of data ahead of a beat (a BLE link busy with a bulk
+    /// transfer). Returns `false` if the connection is unknown or not to
+    /// `peer`.
+    pub fn set_min_wait(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        min_wait: Duration,
+    ) -> bool {
+        let Some(conn) = self
+            .connections
+            .get_mut(&connection)
+            .filter(|c| c.peer == peer)
+        else {
+            return false;
+        };
+        conn.min_wait = min_wait.min(self.config.max_wait);
+        if !conn.update_queued {
+            conn.update_queued = true;
+            self.updates.push_back(connection);
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+        true
+    }
+
     /// The interval and path class of `connection`, if it is established.
     pub fn interval(&self, connection: ConnectionId) -> Option<(Duration, &str)> {
         self.connections
@@ -333,6 +366,7 @@ impl Behaviour {
             handler::Settings {
                 interval: self.config.default_interval,
                 max_wait: self.config.max_wait,
+                min_wait: Duration::ZERO,
                 max_missed: self.config.max_missed,
                 max_frame: self.config.max_frame,
             },
@@ -379,6 +413,7 @@ impl NetworkBehaviour for Behaviour {
                     Connection {
                         peer: peer_id,
                         interval: self.config.default_interval,
+                        min_wait: Duration::ZERO,
                         transport: String::new(),
                         update_queued: false,
                     },
@@ -442,6 +477,7 @@ impl NetworkBehaviour for Behaviour {
                 handler: NotifyHandler::One(id),
                 event: handler::FromBehaviour::SetInterval {
                     interval: conn.interval,
+                    min_wait: conn.min_wait,
                     transport: conn.transport.clone(),
                 },
             });

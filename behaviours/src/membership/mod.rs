@@ -257,6 +257,15 @@ impl Behaviour {
         self.exempt.insert(peer);
     }
 
+    /// Runs the Hello exchange again with `peer`, if connected: after a new
+    /// mesh made it a possible member (pairing handed us the mesh's
+    /// credentials over a connection that had been refused).
+    pub fn hello_again(&mut self, peer: PeerId) {
+        if self.peers.get(&peer).is_some_and(|e| e.connections > 0) {
+            self.send_hello(peer);
+        }
+    }
+
     /// Ends [`Behaviour::add_exempt`]: a non-member is closed again at the
     /// end of its grace period.
     pub fn remove_exempt(&mut self, peer: &PeerId) {

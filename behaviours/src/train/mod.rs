@@ -34,7 +34,9 @@
 //!   sample) scores better than the active one — better health, degradation or
 //!   class, or the same class with an RTT more than 25 % *and* more than
 //!   [`Config::rtt_margin`] lower after ≥ 2 samples — it becomes active
-//!   ([`SwitchReason::Better`]). The hysteresis avoids flapping.
+//!   ([`SwitchReason::Better`]). The hysteresis avoids flapping. One BLE
+//!   path never replaces another on RTT: both share the same radio link, and
+//!   the idle one only looks faster.
 //! - **Following**: the follower does not switch for a better score; it
 //!   follows the leader. When the remote's app stream arrives on a connection,
 //!   the owner calls [`Behaviour::follow`] and the follower moves its traffic

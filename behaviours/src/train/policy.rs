@@ -223,6 +223,11 @@ pub fn should_switch(
     if candidate.samples < MIN_RTT_SAMPLES {
         return false;
     }
+    // Two BLE paths to a peer share one radio link: a lower RTT on the
+    // other only means it is idle while the active one carries the traffic.
+    if active.class == PathClass::Ble && candidate.class == PathClass::Ble {
+        return false;
+    }
     match (active.rtt, candidate.rtt) {
         (Some(a), Some(c)) if c < a => {
             let gain = a - c;
@@ -470,6 +475,26 @@ mod tests {
             &order,
             MARGIN
         ));
+    }
+
+    #[test]
+    fn a_second_ble_path_never_wins_on_rtt() {
+        use PathClass::*;
+        let order = Policy::LowPower.order();
+        // The busy BLE link's RTT is inflated by its queue; an idle second
+        // connection over the same radios is no better a path.
+        assert!(!should_switch(
+            &measured(Ble, 700, 10),
+            &measured(Ble, 60, 5),
+            &order,
+            MARGIN
+        ));
+        // A healthy BLE path still replaces an unhealthy one.
+        let sick = PathView {
+            healthy: false,
+            ..measured(Ble, 700, 10)
+        };
+        assert!(should_switch(&sick, &measured(Ble, 60, 5), &order, MARGIN));
     }
 
     #[test]

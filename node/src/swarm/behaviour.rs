@@ -15,6 +15,7 @@ use libp2p::{
 
 use atmosphere_behaviours::{channel, heartbeat, membership, train};
 
+use super::ip_only::IpOnly;
 use super::reachability;
 use crate::{
     config::Config,
@@ -45,13 +46,14 @@ pub(crate) struct MeshBehaviour {
     pub relay_client: relay::client::Behaviour,
     pub relay: Toggle<relay::Behaviour>,
     pub dcutr: dcutr::Behaviour,
-    pub autonat: autonat::v2::client::Behaviour,
+    pub autonat: IpOnly<autonat::v2::client::Behaviour>,
     pub autonat_server: autonat::v2::server::Behaviour,
     pub upnp: Toggle<upnp::tokio::Behaviour>,
     pub train: train::Behaviour,
     pub heartbeat: heartbeat::Behaviour,
     pub identify: identify::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub pairing: atmosphere_behaviours::pairing::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
 }
@@ -61,6 +63,7 @@ impl MeshBehaviour {
         key: &Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
+        name: &str,
         shared: Arc<Shared>,
     ) -> Result<Self, Error> {
         let peer = key.public().to_peer_id();
@@ -129,11 +132,11 @@ impl MeshBehaviour {
             relay_client,
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer),
-            autonat: autonat::v2::client::Behaviour::new(
+            autonat: IpOnly(autonat::v2::client::Behaviour::new(
                 rand::make_rng(),
                 autonat::v2::client::Config::default()
                     .with_max_candidates(reachability::MAX_TESTED),
-            ),
+            )),
             autonat_server: autonat::v2::server::Behaviour::default(),
             upnp: Toggle::from(config.upnp.then(upnp::tokio::Behaviour::default)),
             train: train::Behaviour::new(peer, train_config),
@@ -143,6 +146,10 @@ impl MeshBehaviour {
                     .with_agent_version(format!("atmosphere/{VERSION}")),
             ),
             mdns: Toggle::from(mdns),
+            pairing: atmosphere_behaviours::pairing::Behaviour::new(
+                peer,
+                atmosphere_behaviours::pairing::Config::default().with_name(name.to_owned()),
+            ),
             kad,
             gossipsub,
         })

@@ -3,8 +3,11 @@
 //! handle talks to it through a bounded [`Command`] channel.
 
 mod behaviour;
+mod ble;
+mod ip_only;
 mod joins;
 mod meshes;
+mod pairing;
 mod paths;
 mod reachability;
 mod recording;
@@ -119,6 +122,33 @@ pub(crate) enum Command {
         peer: PeerId,
         connection: ConnectionId,
     },
+    /// A BLE scan saw an advertisement.
+    BleSighting(atmosphere_transports::ble::Sighting),
+    /// Devices nearby (BLE and LAN).
+    Nearby {
+        reply: oneshot::Sender<Vec<crate::types::NearbyDevice>>,
+    },
+    /// Pairing mode on (for a mesh we founded) or off.
+    PairAccept {
+        mesh: Option<String>,
+        on: bool,
+        reply: oneshot::Sender<Result<crate::types::PairingMode, Error>>,
+    },
+    /// Ask a nearby device to pair.
+    Pair {
+        device: String,
+        reply: oneshot::Sender<Result<crate::types::PairingSession, Error>>,
+    },
+    /// The user confirmed (or rejected) a pairing code.
+    PairDecide {
+        session: u64,
+        confirm: bool,
+        reply: oneshot::Sender<Result<crate::types::PairingSession, Error>>,
+    },
+    /// Pairing mode and the recent sessions.
+    PairingState {
+        reply: oneshot::Sender<(crate::types::PairingMode, Vec<crate::types::PairingSession>)>,
+    },
     /// A peer sent something malformed on its link: drop it.
     Misbehaved {
         peer: PeerId,
@@ -188,6 +218,10 @@ pub(crate) struct Runtime {
     last_seen_ms: HashMap<PeerId, u64>,
     /// Identify results that arrived before the peer was verified.
     early_identify: HashMap<PeerId, identify::Info>,
+    /// The Bluetooth LE radio, when the node has one.
+    ble: Option<ble::BleState>,
+    /// Proximity pairing: mode, sessions, nearby LAN peers.
+    pairing: pairing::PairingState,
     state_seq: u64,
     started: Instant,
 }
@@ -199,11 +233,14 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Whether an address can be handed to another node (not `0.0.0.0` or `::`).
+/// Whether an address can be handed to another node: not `0.0.0.0` or
+/// `::`, and not a BLE address (found by scanning, it rotates and means
+/// nothing off the radio).
 fn is_routable_for_hint(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
         libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
         libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Memory(_) => true,
         _ => false,
     })
 }
@@ -248,6 +285,8 @@ impl Runtime {
             metrics,
             relayed_at: HashMap::new(),
             early_identify: HashMap::new(),
+            ble: None,
+            pairing: pairing::PairingState::default(),
             // Seeded from the clock so that a restarted node's records rank above
             // its previous process's, even ones still in flight.
             state_seq: crate::pubsub::now_ms(),
@@ -255,6 +294,22 @@ impl Runtime {
         };
         runtime.load_meshes()?;
         Ok(runtime)
+    }
+
+    /// Gives the node a Bluetooth LE radio: listens on it (the listener's
+    /// PSM is advertised once it is up). Sightings arrive as
+    /// [`Command::BleSighting`].
+    pub(crate) fn with_ble(
+        mut self,
+        link: atmosphere_transports::ble::BoxedLink,
+    ) -> Result<Self, Error> {
+        let state = ble::BleState::new(link, self.swarm.local_peer_id());
+        let addr = state.listen_addr();
+        self.swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Transport(format!("cannot listen on BLE {addr}: {e}")))?;
+        self.ble = Some(state);
+        Ok(self)
     }
 
     /// Runs until shutdown.
@@ -349,6 +404,24 @@ impl Runtime {
             Command::RemoteState { peer, state } => self.on_remote_state(peer, state),
             Command::LinkClosed { peer, connection } => self.on_link_closed(peer, connection),
             Command::PeerMoved { peer, connection } => self.on_peer_moved(peer, connection),
+            Command::BleSighting(sighting) => self.on_ble_sighting(sighting),
+            Command::Nearby { reply } => {
+                let _ = reply.send(self.nearby());
+            }
+            Command::PairAccept { mesh, on, reply } => {
+                let _ = reply.send(self.pair_accept(mesh.as_deref(), on));
+            }
+            Command::Pair { device, reply } => self.pair_request(&device, reply),
+            Command::PairDecide {
+                session,
+                confirm,
+                reply,
+            } => {
+                let _ = reply.send(self.pair_decide(session, confirm));
+            }
+            Command::PairingState { reply } => {
+                let _ = reply.send((self.pairing_mode(), self.pairing_sessions()));
+            }
             Command::Misbehaved { peer, reason } => {
                 tracing::warn!(%peer, %reason, "peer sent a malformed frame; disconnecting");
                 self.shared.remove_remote(&peer);
@@ -366,6 +439,10 @@ impl Runtime {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                if ble::is_ble_addr(&address) {
+                    self.on_ble_listening(&address);
+                    return;
+                }
                 // A relay server is publicly reachable by definition; libp2p's
                 // relay only serves once it has an external address.
                 let circuit = relays::is_circuit(&address);
@@ -403,6 +480,7 @@ impl Runtime {
                 crate::shared::lock(&self.shared.path_traffic).insert(connection_id, (0, 0));
                 self.note_connection(peer_id, &endpoint_for_relays);
                 self.on_join_connection(peer_id, connection_id, &endpoint_for_relays);
+                self.on_pairing_connection(peer_id, connection_id);
                 self.tune_heartbeats(peer_id);
                 if self.relays.contains_key(&peer_id) {
                     self.reserve_on_relays();
@@ -415,12 +493,15 @@ impl Runtime {
                 ..
             } => self.on_connection_closed(peer_id, connection_id, num_established),
             SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
+                peer_id,
                 connection_id,
                 error,
             } => {
-                tracing::debug!(%peer, %error, "dial failed");
-                self.on_join_dial_failed(peer, connection_id, error.to_string());
+                tracing::debug!(?peer_id, %error, "dial failed");
+                if let Some(peer) = peer_id {
+                    self.on_join_dial_failed(peer, connection_id, error.to_string());
+                }
+                self.on_pairing_dial_failed(connection_id, error.to_string());
             }
             _ => {}
         }
@@ -495,8 +576,10 @@ impl Runtime {
             MeshBehaviourEvent::Autonat(event) => self.on_autonat_event(event),
             MeshBehaviourEvent::Upnp(event) => self.on_upnp_event(event),
             MeshBehaviourEvent::Heartbeat(event) => self.on_heartbeat_event(event),
+            MeshBehaviourEvent::Pairing(event) => self.on_pairing_event(event),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
+                    self.note_lan_nearby(peer, addr.clone());
                     self.add_candidates(peer, std::slice::from_ref(&addr));
                     self.maybe_dial(peer, vec![addr]);
                 }
@@ -864,6 +947,7 @@ impl Runtime {
         self.expire_outboxes();
         self.repair_links();
         self.reserve_on_relays();
+        self.ble_housekeeping();
         let traffic = self.shared.traffic.snapshot();
         let info = atmosphere_behaviours::heartbeat::LocalInfo {
             capabilities: vec!["pubsub".into(), "rpc".into()],
@@ -994,6 +1078,7 @@ impl Runtime {
             unacked_frames: sessions.iter().map(|s| s.unacked as u64).sum(),
             relay: self.relay_status(),
             network: self.network_status(),
+            ble: self.ble_status(),
             outbox_refused: sessions.iter().map(|s| s.refused_full).sum(),
         }
     }

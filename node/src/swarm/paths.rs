@@ -23,6 +23,21 @@ use crate::{
     wire::Frame,
 };
 
+/// Least rate, bytes per second, expected of a BLE path: the slow end of
+/// BLE 4.x L2CAP (BLE 5 reaches 100–180 kB/s). A frame may take its size at
+/// this rate on top of the ack timeout before the path is blamed.
+pub(super) const BLE_MIN_RATE: u64 = 20_000;
+/// Least rate, bytes per second, expected of any other path.
+pub(super) const IP_MIN_RATE: u64 = 1_000_000;
+
+/// The least rate expected of a path of `class` (unknown: an IP path).
+fn min_rate(class: Option<PathClass>) -> u64 {
+    match class {
+        Some(PathClass::Ble) => BLE_MIN_RATE,
+        _ => IP_MIN_RATE,
+    }
+}
+
 /// Heartbeat answers a new path gets at the fast (active-path) interval, so
 /// that it is measured quickly enough to take over if it is better.
 pub(super) const FAST_SAMPLES: u32 = 3;
@@ -104,12 +119,12 @@ impl Runtime {
             );
             if self.heartbeat_intervals.get(&path.connection) != Some(&interval) {
                 self.heartbeat_intervals.insert(path.connection, interval);
-                self.swarm.behaviour_mut().heartbeat.set_interval(
-                    peer,
-                    path.connection,
-                    interval,
-                    path.class.as_str(),
-                );
+                let heartbeat = &mut self.swarm.behaviour_mut().heartbeat;
+                heartbeat.set_interval(peer, path.connection, interval, path.class.as_str());
+                if path.class == PathClass::Ble {
+                    let wait = Duration::from_millis(self.config.heartbeat_ble_wait_ms);
+                    heartbeat.set_min_wait(peer, path.connection, wait);
+                }
             }
         }
     }
@@ -272,9 +287,19 @@ impl Runtime {
     /// promotes the standby.
     pub(super) fn check_acks(&mut self) {
         let floor = Duration::from_millis(self.config.ack_timeout_floor_ms);
+        let train = &self.swarm.behaviour().train;
         let overdue: Vec<(PeerId, Option<ConnectionId>)> = read(&self.shared.remotes)
             .iter()
-            .filter(|(_, r)| r.connected && r.session.ack_overdue(floor))
+            .filter(|(peer, r)| {
+                let class = r.session.connection().and_then(|c| {
+                    train
+                        .paths(peer)
+                        .into_iter()
+                        .find(|p| p.connection == c)
+                        .map(|p| p.class)
+                });
+                r.connected && r.session.ack_overdue(floor, min_rate(class))
+            })
             .map(|(p, r)| (*p, r.session.connection()))
             .collect();
         for (peer, on) in overdue {

@@ -120,3 +120,21 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// Starts a node on loopback with a radio on the simulated BLE `radio` at
+/// `position` (range 10 m), after `tweak` adjusts its config.
+pub async fn start_with_ble(
+    name: &str,
+    radio: &atmosphere::transports::ble::sim::SimRadio,
+    position: atmosphere::transports::ble::sim::Position,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestNode, atmosphere::transports::ble::sim::SimNode) {
+    let (dir, config) = test_config(name, tweak);
+    let sim = radio.add_node(position, 10.0);
+    let node = NodeBuilder::new(config)
+        .ble(atmosphere::transports::ble::BoxedLink::new(sim.clone()))
+        .build()
+        .await
+        .expect("node starts");
+    (TestNode { node, _dir: dir }, sim)
+}

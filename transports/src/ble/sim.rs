@@ -42,7 +42,9 @@
 //! `mtu` bytes) in flight; per listener `accept_backlog + 1` inbound
 //! channels not yet accepted (beyond that, dials fail with
 //! [`BleError::BacklogFull`]); per scanner `discovery_queue + 1` sightings
-//! (beyond that, sightings are dropped: a real scan is lossy too).
+//! (beyond that, sightings are dropped: a real scan is lossy too), and
+//! every [`SimConfig::advertising_interval`] at most one sighting per node
+//! in range.
 //!
 //! The timers come from `futures-timer`, so no particular async runtime is
 //! needed.
@@ -101,6 +103,10 @@ pub struct SimConfig {
     pub accept_backlog: usize,
     /// Sightings a scanner may hold before reading (default 32).
     pub discovery_queue: usize,
+    /// How often a scanner sees each advertiser in range again (default
+    /// 500 ms; real advertising intervals are 20 ms to 10 s). A scan also
+    /// sees a change (new advertisement, a node moving into range) at once.
+    pub advertising_interval: Duration,
     /// Seed of the drop generator, for reproducible runs (default 1).
     pub seed: u64,
 }
@@ -119,6 +125,7 @@ impl Default for SimConfig {
             window: 256,
             accept_backlog: 16,
             discovery_queue: 32,
+            advertising_interval: Duration::from_millis(500),
             seed: 1,
         }
     }
@@ -151,6 +158,9 @@ impl SimConfig {
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
             return Err(SimConfigError::DropRate(self.drop_rate));
+        }
+        if self.advertising_interval.is_zero() {
+            return Err(SimConfigError::ZeroBound("advertising_interval"));
         }
         for (name, v) in [
             ("window", self.window),
@@ -287,6 +297,21 @@ impl State {
                 shared.break_link(BreakReason::OutOfRange);
             }
         }
+    }
+
+    /// What `scanner` sees now: every advertiser in range.
+    fn sightings_for(&self, scanner: DeviceAddress) -> Vec<Sighting> {
+        self.nodes
+            .iter()
+            .filter(|(addr, _)| **addr != scanner && self.in_range(scanner, **addr))
+            .filter_map(|(addr, n)| {
+                Some(Sighting {
+                    address: *addr,
+                    rssi_dbm: self.rssi(scanner, *addr),
+                    data: n.advert.clone()?,
+                })
+            })
+            .collect()
     }
 
     /// Sends sightings to scanners for every in-range (scanner, advertiser)
@@ -567,7 +592,15 @@ impl BleLink for SimNode {
         let (tx, rx) = mpsc::channel(st.config.discovery_queue);
         st.scanners.push((self.address, tx));
         st.announce(self.address);
-        Ok(SimDiscovery { rx })
+        let interval = st.config.advertising_interval;
+        Ok(SimDiscovery {
+            rx,
+            state: Arc::downgrade(&self.radio.state),
+            scanner: self.address,
+            interval,
+            next_scan: Delay::new(interval),
+            repeated: std::collections::VecDeque::new(),
+        })
     }
 
     fn advertise(&self, data: Option<Vec<u8>>) -> BoxFuture<'static, Result<(), BleError>> {
@@ -605,16 +638,46 @@ impl Drop for SimListener {
     }
 }
 
-/// Sightings seen by a [`SimNode`]'s scan. Dropping it stops scanning.
+/// Sightings seen by a [`SimNode`]'s scan: changes at once, and every
+/// advertiser in range again each [`SimConfig::advertising_interval`].
+/// Dropping it stops scanning.
 pub struct SimDiscovery {
     rx: mpsc::Receiver<Sighting>,
+    state: Weak<Mutex<State>>,
+    scanner: DeviceAddress,
+    interval: Duration,
+    next_scan: Delay,
+    /// This interval's sightings not yet read (at most one per node).
+    repeated: std::collections::VecDeque<Sighting>,
 }
 
 impl Stream for SimDiscovery {
     type Item = Sighting;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Sighting>> {
-        Pin::new(&mut self.rx).poll_next(cx)
+        let this = &mut *self;
+        if let Poll::Ready(item) = Pin::new(&mut this.rx).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        loop {
+            if let Some(sighting) = this.repeated.pop_front() {
+                return Poll::Ready(Some(sighting));
+            }
+            match this.next_scan.poll_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => {
+                    this.next_scan.reset(this.interval);
+                    let Some(state) = this.state.upgrade() else {
+                        return Poll::Ready(None);
+                    };
+                    let st = lock(&state);
+                    if !st.nodes.contains_key(&this.scanner) {
+                        return Poll::Ready(None);
+                    }
+                    this.repeated = st.sightings_for(this.scanner).into();
+                }
+            }
+        }
     }
 }
 
