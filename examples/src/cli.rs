@@ -80,6 +80,21 @@ pub enum ClientCommand {
     Reply(ReplyArgs),
     /// Show the daemon's status
     Status(JsonFlag),
+    /// List devices nearby (advertising over Bluetooth LE, or found on the LAN
+    /// by mDNS) that `pair` can pair with
+    Nearby(JsonFlag),
+    /// Pair with a device nearby: both screens show a 6-digit code to compare
+    ///
+    /// `pair DEVICE` asks DEVICE (an id from `nearby`, a peer id, or a
+    /// multiaddr with /p2p/PEER_ID) to pair and, once confirmed on both
+    /// sides, joins its mesh. `pair --accept` (on the mesh's founder) turns
+    /// pairing mode on and answers requests until Ctrl-C (or the first
+    /// finished session with --once); pairing mode is turned off on exit.
+    /// `pair` alone lists the devices nearby.
+    ///
+    /// Exit codes: 0 paired, 1 failed or rejected, 5 timed out, 6 not the
+    /// mesh's founder (others as for every command).
+    Pair(PairArgs),
 }
 
 /// `mesh-node run`.
@@ -112,6 +127,11 @@ pub struct RunArgs {
     /// Configuration file [default: DATA_DIR/atmosphere.toml if it exists]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Use this Bluetooth adapter (e.g. hci0) through BlueZ: advertise, scan,
+    /// and connect to members and pair over Bluetooth LE (needs a binary
+    /// built with `--features bluez`)
+    #[arg(long, value_name = "ADAPTER")]
+    pub ble: Option<String>,
 }
 
 /// `mesh-node mesh …`.
@@ -239,6 +259,38 @@ pub struct PeersArgs {
     pub watch: bool,
 }
 
+/// `mesh-node pair`.
+#[derive(Debug, Clone, Args)]
+pub struct PairArgs {
+    /// The device to pair with: an id from `nearby` (12 hex digits), a peer
+    /// id, or a multiaddr with /p2p/PEER_ID; omitted: list the devices nearby
+    #[arg(conflicts_with = "accept")]
+    pub device: Option<String>,
+    /// Founder side: turn pairing mode on and answer pairing requests
+    #[arg(long)]
+    pub accept: bool,
+    /// With --accept: the mesh to pair devices into (id or name) [default: the node's only mesh]
+    #[arg(
+        long,
+        value_name = "MESH",
+        requires = "accept",
+        conflicts_with = "device"
+    )]
+    pub mesh: Option<String>,
+    /// With --accept: stop after the first session that completes or fails
+    #[arg(long, requires = "accept", conflicts_with = "device")]
+    pub once: bool,
+    /// Confirm the code without asking (for scripts)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the final session as JSON (with --accept: one JSON line per finished session)
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait in all [default: 150s for a request; no limit with --accept]
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
 /// `mesh-node pub`.
 #[derive(Debug, Clone, Args)]
 pub struct PubArgs {
@@ -357,6 +409,52 @@ mod tests {
                     JoinArgs { json: true, .. }
                 ))))
             ),
+            "{parsed:?}"
+        );
+        let parsed = parse(&["mesh-node", "pair", "--accept", "--mesh", "home", "--once"]);
+        assert!(
+            matches!(
+                &parsed,
+                Ok(Command::Client(ClientCommand::Pair(PairArgs {
+                    device: None,
+                    accept: true,
+                    mesh: Some(mesh),
+                    once: true,
+                    yes: false,
+                    ..
+                }))) if mesh == "home"
+            ),
+            "{parsed:?}"
+        );
+        let parsed = parse(&[
+            "mesh-node",
+            "pair",
+            "0a1b2c3d4e5f",
+            "--yes",
+            "--timeout",
+            "1m",
+        ]);
+        assert!(
+            matches!(
+                &parsed,
+                Ok(Command::Client(ClientCommand::Pair(PairArgs {
+                    device: Some(device),
+                    accept: false,
+                    yes: true,
+                    timeout: Some(timeout),
+                    ..
+                }))) if device == "0a1b2c3d4e5f" && timeout.as_secs() == 60
+            ),
+            "{parsed:?}"
+        );
+        assert!(parse(&["mesh-node", "pair", "0a1b2c3d4e5f", "--accept"]).is_err());
+        assert!(parse(&["mesh-node", "pair", "0a1b2c3d4e5f", "--once"]).is_err());
+        assert!(parse(&["mesh-node", "pair", "0a1b2c3d4e5f", "--mesh", "home"]).is_err());
+        assert!(parse(&["mesh-node", "pair", "--mesh", "home"]).is_err());
+        assert!(parse(&["mesh-node", "pair", "--once"]).is_err());
+        let parsed = parse(&["mesh-node", "run", "--ble", "hci0"]);
+        assert!(
+            matches!(&parsed, Ok(Command::Run(RunArgs { ble: Some(adapter), .. })) if adapter == "hci0"),
             "{parsed:?}"
         );
         let parsed = parse(&["mesh-node", "run", "--upnp"]);

@@ -6,11 +6,12 @@ use std::{path::Path, time::Duration};
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 
-use atmosphere::{Config, Node, NodeBuilder};
+use atmosphere::{transports::ble::BoxedLink, Config, Node, NodeBuilder};
 
 use crate::{
     api::{self, ApiState},
     cli::{GlobalArgs, RunArgs},
+    exit::UsageError,
     token::{load_or_create_token, token_path},
 };
 
@@ -25,6 +26,7 @@ const LISTEN_WAIT: Duration = Duration::from_secs(3);
 /// Runs the daemon until a termination signal.
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
     let config = build_config(global, &args)?;
+    let ble_adapter = ble_adapter(&args)?;
     let api_addr = global.api;
     if !api_addr.ip().is_loopback() {
         tracing::warn!(%api_addr, "the local API listens on a non-loopback address");
@@ -33,10 +35,12 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
         format!("cannot serve the local API on {api_addr} (is another mesh-node running? pick another with --api)")
     })?;
 
-    let node = NodeBuilder::new(config.clone())
-        .build()
-        .await
-        .context("cannot start the node")?;
+    let mut builder = NodeBuilder::new(config.clone());
+    if let Some(adapter) = ble_adapter {
+        builder = builder.ble(ble_link(adapter).await?);
+        tracing::info!(%adapter, "Bluetooth LE on");
+    }
+    let node = builder.build().await.context("cannot start the node")?;
     let token = load_or_create_token(&config.data_dir)?;
     if config.data_dir != global.data_dir() {
         tracing::warn!(
@@ -81,6 +85,48 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
     node.shutdown().await;
     tracing::info!("stopped");
     outcome
+}
+
+/// The Bluetooth adapter of `--ble`, checked: an error right away when the
+/// binary has no BlueZ support.
+fn ble_adapter(args: &RunArgs) -> Result<Option<&str>, UsageError> {
+    let Some(adapter) = args.ble.as_deref() else {
+        return Ok(None);
+    };
+    let adapter = adapter.trim();
+    if adapter.is_empty() {
+        return Err(UsageError(
+            "--ble needs a Bluetooth adapter name, e.g. hci0 (`bluetoothctl list` shows them)"
+                .to_owned(),
+        ));
+    }
+    if !cfg!(feature = "bluez") {
+        return Err(UsageError(format!(
+            "--ble {adapter}: this mesh-node was built without Bluetooth support (the `bluez` \
+             feature); rebuild it with `cargo build --release -p atmosphere-examples --features \
+             bluez` (needs libdbus-1-dev) and run bluetoothd"
+        )));
+    }
+    Ok(Some(adapter))
+}
+
+/// The BlueZ radio on `adapter`.
+#[cfg(feature = "bluez")]
+async fn ble_link(adapter: &str) -> anyhow::Result<BoxedLink> {
+    use atmosphere::transports::ble::bluez::BluezLink;
+    let link = BluezLink::new(Some(adapter)).await.with_context(|| {
+        format!("cannot use the Bluetooth adapter {adapter} (is bluetoothd running? `bluetoothctl list` shows the adapters)")
+    })?;
+    Ok(BoxedLink::new(link))
+}
+
+/// Without the `bluez` feature there is no radio ([`ble_adapter`] says so first).
+#[cfg(not(feature = "bluez"))]
+async fn ble_link(adapter: &str) -> anyhow::Result<BoxedLink> {
+    Err(UsageError(format!(
+        "--ble {adapter}: this mesh-node was built without the `bluez` feature"
+    ))
+    .into())
 }
 
 /// Defaults, then the config file, then environment variables, then flags.
@@ -223,6 +269,31 @@ mod tests {
         assert_eq!(config.data_dir, dir.path());
         assert!(!config.upnp, "UPnP is off unless asked for");
         Ok(())
+    }
+
+    #[test]
+    fn ble_needs_an_adapter_and_the_bluez_feature() {
+        let ble = |args: &[&str]| {
+            parse(args).map(|(_, run)| ble_adapter(&run).map(|a| a.map(str::to_owned)))
+        };
+        assert!(matches!(ble(&["mesh-node", "run"]), Some(Ok(None))));
+        assert!(matches!(
+            ble(&["mesh-node", "run", "--ble", " "]),
+            Some(Err(_))
+        ));
+        let chosen = ble(&["mesh-node", "run", "--ble", "hci0"]);
+        if cfg!(feature = "bluez") {
+            assert!(
+                matches!(&chosen, Some(Ok(Some(a))) if a == "hci0"),
+                "{chosen:?}"
+            );
+        } else {
+            let message = match chosen {
+                Some(Err(e)) => e.to_string(),
+                other => panic!("{other:?}"),
+            };
+            assert!(message.contains("--features bluez"), "{message}");
+        }
     }
 
     #[test]

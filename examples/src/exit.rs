@@ -7,7 +7,7 @@
 //! | 2 | bad command line or input (clap errors, invalid ARGS_JSON, bad peer id) |
 //! | 3 | cannot reach the daemon (not running, no or wrong token) |
 //! | 4 | RPC: no provider |
-//! | 5 | RPC or operation timed out |
+//! | 5 | RPC or operation timed out (a pairing included) |
 //! | 6 | denied (ACL, handler decision, not the founder) |
 //! | 7 | RPC: the remote handler failed |
 //! | 8 | transport failure (call undeliverable, answer lost) |
@@ -19,10 +19,18 @@ use crate::client::ClientError;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A wait of the CLI itself ran out (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);
+
 /// The exit code for an error.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<UsageError>().is_some() {
         return 2;
+    }
+    if error.downcast_ref::<TimedOut>().is_some() {
+        return 5;
     }
     let Some(client) = error.downcast_ref::<ClientError>() else {
         return 1;
@@ -59,6 +67,7 @@ mod tests {
         assert_eq!(exit_code(&api("remote_error")), 7);
         assert_eq!(exit_code(&api("unknown_mesh")), 1);
         assert_eq!(exit_code(&anyhow::Error::new(UsageError("x".into()))), 2);
+        assert_eq!(exit_code(&anyhow::Error::new(TimedOut("x".into()))), 5);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
         let context = anyhow::Error::new(ClientError::NoDaemon {
             addr: ([127, 0, 0, 1], 1).into(),

@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atmosphere::{
-    JoinReport, MemberStatus, MeshInfo, NetworkStatus, PathStatus, PeerInfo, SavedEndpoint, Status,
+    BleStatus, JoinReport, MemberStatus, MeshInfo, NearbyDevice, NetworkStatus, PairingSession,
+    PathStatus, PeerInfo, SavedEndpoint, Status,
 };
 use qrcode::{render::unicode::Dense1x2, QrCode};
 use serde_json::Value;
@@ -92,7 +93,114 @@ pub fn status_text(status: &Status) -> String {
     ));
     push_list(&mut out, "subscriptions:", &status.subscriptions);
     push_list(&mut out, "registrations:", &status.registrations);
+    if let Some(ble) = &status.ble {
+        push_list(&mut out, "BLE:", &ble_lines(ble));
+    }
     out.join("\n")
+}
+
+/// The Bluetooth LE radio for `status`: address, PSM, advertising,
+/// connections, devices nearby.
+pub fn ble_lines(ble: &BleStatus) -> Vec<String> {
+    let psm = ble.psm.map_or_else(
+        || "not listening".to_owned(),
+        |psm| format!("{psm:#06x} ({psm})"),
+    );
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    vec![
+        format!("address {}", ble.address),
+        format!("PSM {psm}"),
+        format!("advertising {}", if ble.advertising { "yes" } else { "no" }),
+        format!(
+            "{} connection{}, {} device{} nearby",
+            ble.connections,
+            plural(ble.connections),
+            ble.nearby.len(),
+            plural(ble.nearby.len())
+        ),
+    ]
+}
+
+/// Devices nearby as a table: ID, VIA, ADDRESS, RSSI, MEMBER, NAME, LAST SEEN.
+pub fn nearby_table(devices: &[NearbyDevice], now_ms: u64) -> String {
+    if devices.is_empty() {
+        return "no devices nearby".to_owned();
+    }
+    let rows = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.via.clone(),
+                or_dash(d.address.clone()),
+                d.rssi_dbm
+                    .map_or_else(|| "-".to_owned(), |rssi| format!("{rssi} dBm")),
+                if d.member { "yes" } else { "no" }.to_owned(),
+                d.name.clone().unwrap_or_else(|| "-".to_owned()),
+                since(now_ms.saturating_sub(d.last_seen_ms_ago), now_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "VIA",
+            "ADDRESS",
+            "RSSI",
+            "MEMBER",
+            "NAME",
+            "LAST SEEN",
+        ],
+        rows,
+    )
+}
+
+/// A 6-digit pairing code as two groups of three (`123 456`); other codes
+/// as they are.
+pub fn pairing_code(code: &str) -> String {
+    if code.len() == 6 && code.chars().all(|c| c.is_ascii_digit()) {
+        format!("{} {}", &code[..3], &code[3..])
+    } else {
+        code.to_owned()
+    }
+}
+
+/// The question the user answers while comparing codes.
+pub fn pairing_prompt(code: &str) -> String {
+    format!(
+        "Code: {} — does the other screen show the same code? [y/N] ",
+        pairing_code(code)
+    )
+}
+
+/// The other side of a session: `NAME (PEER ID)`, or the peer id alone.
+pub fn pairing_peer(session: &PairingSession) -> String {
+    match session.peer_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => format!("{name} ({})", session.peer_id),
+        None => session.peer_id.clone(),
+    }
+}
+
+/// How a finished session ended, for people.
+pub fn pairing_outcome(session: &PairingSession) -> String {
+    let peer = pairing_peer(session);
+    let mesh = match (&session.mesh_name, &session.mesh_id) {
+        (Some(name), Some(id)) => format!("mesh {name} ({id})"),
+        (None, Some(id)) => format!("mesh {id}"),
+        (Some(name), None) => format!("mesh {name}"),
+        (None, None) => "the mesh".to_owned(),
+    };
+    match session.state.as_str() {
+        "completed" if session.role == "requester" => {
+            format!("paired with {peer}: joined {mesh}")
+        }
+        "completed" => format!("paired with {peer}: it is now a member of {mesh}"),
+        "failed" => format!(
+            "pairing with {peer} failed: {}",
+            session.error.as_deref().unwrap_or("unknown error")
+        ),
+        state => format!("pairing with {peer}: {state}"),
+    }
 }
 
 /// The `network` part of `status`: local and public IP, NAT, reachability,
@@ -1041,6 +1149,100 @@ mod tests {
             Some("uri:           atmosphere://join?token=ATM-AAAAAAAAAAAAAAAAAAAAAA")
         );
         assert!(token_text(&token, 601).contains("(expired)"));
+    }
+
+    fn session(role: &str, state: &str) -> PairingSession {
+        PairingSession {
+            id: 1,
+            role: role.into(),
+            peer_id: "12D3KooWAbCdEfGhIjKlMnOp".into(),
+            peer_name: Some("phone".into()),
+            state: state.into(),
+            code: Some("042917".into()),
+            peer_confirmed: false,
+            mesh_id: Some("9a77".into()),
+            mesh_name: Some("home".into()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn pairing_texts() {
+        assert_eq!(pairing_code("042917"), "042 917");
+        assert_eq!(pairing_code("12345"), "12345");
+        assert_eq!(
+            pairing_prompt("042917"),
+            "Code: 042 917 — does the other screen show the same code? [y/N] "
+        );
+        assert_eq!(
+            pairing_outcome(&session("requester", "completed")),
+            "paired with phone (12D3KooWAbCdEfGhIjKlMnOp): joined mesh home (9a77)"
+        );
+        assert_eq!(
+            pairing_outcome(&session("acceptor", "completed")),
+            "paired with phone (12D3KooWAbCdEfGhIjKlMnOp): it is now a member of mesh home (9a77)"
+        );
+        let mut failed = session("acceptor", "failed");
+        failed.peer_name = None;
+        failed.error = Some("rejected by the peer".into());
+        assert_eq!(
+            pairing_outcome(&failed),
+            "pairing with 12D3KooWAbCdEfGhIjKlMnOp failed: rejected by the peer"
+        );
+    }
+
+    #[test]
+    fn nearby_rows_and_ble_status() {
+        assert_eq!(nearby_table(&[], 0), "no devices nearby");
+        let devices = [
+            NearbyDevice {
+                id: "0a1b2c3d4e5f".into(),
+                via: "ble".into(),
+                address: "11:22:33:44:55:66 psm 0x0081".into(),
+                rssi_dbm: Some(-61),
+                peer_id: None,
+                member: false,
+                name: Some("phone".into()),
+                last_seen_ms_ago: 3_500,
+            },
+            NearbyDevice {
+                id: "ffeeddccbbaa".into(),
+                via: "lan".into(),
+                address: "/ip4/192.168.1.20/tcp/11451".into(),
+                rssi_dbm: None,
+                peer_id: Some("12D3KooW".into()),
+                member: true,
+                name: None,
+                last_seen_ms_ago: 0,
+            },
+        ];
+        let text = nearby_table(&devices, 10_000_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("ID  "), "{text}");
+        assert!(lines[0].ends_with("LAST SEEN"), "{text}");
+        for expected in ["0a1b2c3d4e5f", "ble", "-61 dBm", "no", "phone", "3s ago"] {
+            assert!(lines[1].contains(expected), "{expected}: {text}");
+        }
+        for expected in ["ffeeddccbbaa", "lan", "yes", "just now"] {
+            assert!(lines[2].contains(expected), "{expected}: {text}");
+        }
+        let ble = BleStatus {
+            address: "11:22:33:44:55:66".into(),
+            psm: Some(0x81),
+            advertising: true,
+            connections: 1,
+            nearby: devices.to_vec(),
+        };
+        let lines = ble_lines(&ble);
+        assert_eq!(
+            lines,
+            [
+                "address 11:22:33:44:55:66",
+                "PSM 0x0081 (129)",
+                "advertising yes",
+                "1 connection, 2 devices nearby",
+            ]
+        );
     }
 
     #[test]

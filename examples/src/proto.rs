@@ -52,6 +52,32 @@ pub struct AutoReconnectRequest {
     pub enabled: bool,
 }
 
+/// `PUT /v1/pairing/accept`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PairAcceptRequest {
+    /// Mesh id or name (one this node founded); omitted: the node's only mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    /// Whether pairing mode is on.
+    pub on: bool,
+}
+
+/// `POST /v1/pairing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairRequest {
+    /// A nearby device's id (12 hex digits), a peer id, or a multiaddr to dial.
+    pub device: String,
+}
+
+/// Answer of `GET /v1/pairing`: pairing mode and the recent sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairingOverview {
+    /// Whether this node accepts pairing requests, and for which mesh.
+    pub mode: atmosphere::PairingMode,
+    /// The recent pairing sessions, oldest first (at most 16).
+    pub sessions: Vec<atmosphere::PairingSession>,
+}
+
 /// What `mesh-node mesh token` prints: an invite as a token document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteToken {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod pairing;
 mod routes;
 mod ws;
 mod ws_peers;
@@ -87,6 +88,12 @@ pub fn router(state: ApiState) -> Router {
             put(routes::set_auto_reconnect),
         )
         .route("/v1/invites", post(routes::create_invite))
+        .route("/v1/nearby", get(pairing::nearby))
+        .route("/v1/pairing", get(pairing::overview).post(pairing::request))
+        .route("/v1/pairing/accept", put(pairing::accept))
+        .route("/v1/pairing/{id}", get(pairing::session))
+        .route("/v1/pairing/{id}/confirm", post(pairing::confirm))
+        .route("/v1/pairing/{id}/reject", post(pairing::reject))
         .route("/v1/join", post(routes::join))
         .route("/v1/publish", post(routes::publish))
         .route("/v1/call", post(routes::call))

@@ -26,7 +26,7 @@ const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_INVITE_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// A JSON body, or the rejection mapped to an [`ApiError`] by the handler.
-type Body<T> = Result<Json<T>, JsonRejection>;
+pub(super) type Body<T> = Result<Json<T>, JsonRejection>;
 
 /// `GET /v1/status`.
 pub async fn status(State(state): State<ApiState>) -> Result<Json<Status>, ApiError> {

@@ -3,6 +3,7 @@
 mod exec;
 mod info;
 mod mesh;
+mod pair;
 mod pubsub;
 mod rpc;
 
@@ -24,6 +25,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Mesh(command) => mesh::run(&client, command).await,
         ClientCommand::Peers(args) => info::peers(&client, args).await,
         ClientCommand::Status(flag) => info::status(&client, flag.json).await,
+        ClientCommand::Nearby(flag) => pair::nearby(&client, flag.json).await,
+        ClientCommand::Pair(args) => pair::pair(&client, args).await,
         ClientCommand::Pub(args) => pubsub::publish(&client, args).await,
         ClientCommand::Sub(args) => pubsub::subscribe(&client, args).await,
         ClientCommand::Call(args) => rpc::call(&client, args).await,

@@ -6,6 +6,8 @@
 //!   plain byte stream, and the caller applies the usual upgrade (noise +
 //!   yamux).
 //! - [`sim`]: an in-process simulated radio implementing [`BleLink`].
+//! - `bluez` (cargo feature `bluez`, Linux): `bluez::BluezLink`, the real
+//!   radio through BlueZ (L2CAP CoC sockets, bluetoothd over D-Bus).
 //! - [`addr`]: the multiaddr form, `/memory/<u64>` packing a 48-bit device
 //!   address and a 16-bit PSM.
 //! - [`advert`]: what an advertisement carries (service UUID, peer-id hint
@@ -15,6 +17,8 @@
 
 pub mod addr;
 pub mod advert;
+#[cfg(feature = "bluez")]
+pub mod bluez;
 mod boxed;
 pub mod sim;
 mod transport;
@@ -36,8 +40,8 @@ pub const DYNAMIC_PSM_MAX: u16 = 0x00FF;
 
 /// A radio as seen by [`BleTransport`].
 ///
-/// Implementations: [`sim::SimNode`] (simulated radio). A BlueZ backend will
-/// implement the same trait with L2CAP CoC sockets.
+/// Implementations: [`sim::SimNode`] (simulated radio) and, with the cargo
+/// feature `bluez`, `bluez::BluezLink` (BlueZ, L2CAP CoC sockets).
 pub trait BleLink: Send + Unpin + 'static {
     /// A connected L2CAP channel: a reliable, ordered byte stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -111,6 +115,9 @@ pub enum BleError {
     /// I/O error on the link.
     #[error("link I/O: {0}")]
     Io(#[from] io::Error),
+    /// BlueZ (bluetoothd over D-Bus) refused or failed a request.
+    #[error("BlueZ: {0}")]
+    Bluez(String),
 }
 
 impl fmt::Display for DeviceAddress {
