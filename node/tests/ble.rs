@@ -96,6 +96,9 @@ async fn members_sighted_over_ble_get_a_ble_path_and_run_pubsub_and_rpc_on_it() 
     let ble = status.ble.expect("a node with a radio reports it");
     assert!(ble.advertising && ble.psm.is_some(), "{ble:?}");
     assert!(ble.connections >= 1, "{ble:?}");
+    // BLE addresses stay off the IP reachability machinery (AutoNAT).
+    let network = serde_json::to_string(&status.network).expect("json");
+    assert!(!network.contains("/memory/"), "{network}");
     assert!(
         ble.nearby
             .iter()

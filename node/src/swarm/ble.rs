@@ -297,3 +297,55 @@ impl Runtime {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atmosphere_transports::ble::sim::{Position, SimRadio};
+
+    fn nearby(address: DeviceAddress, at: Instant) -> Nearby {
+        Nearby {
+            address,
+            psm: 0x80,
+            rssi_dbm: -50,
+            last_seen: at,
+            member: None,
+        }
+    }
+
+    #[test]
+    fn the_nearby_table_is_bounded_and_drops_the_oldest() {
+        let radio = SimRadio::default();
+        let link = BoxedLink::new(radio.add_node(Position::new(0.0, 0.0), 10.0));
+        let mut state = BleState::new(link, &PeerId::random());
+        let start = Instant::now();
+        let first = PeerHint([0; 6]);
+        state.remember(first, nearby(DeviceAddress::from_bytes([1; 6]), start));
+        for i in 1..=MAX_NEARBY as u32 {
+            let mut hint = [0u8; 6];
+            hint[..4].copy_from_slice(&i.to_be_bytes());
+            state.remember(
+                PeerHint(hint),
+                nearby(
+                    DeviceAddress::from_bytes([2; 6]),
+                    start + Duration::from_millis(u64::from(i)),
+                ),
+            );
+        }
+        assert_eq!(state.nearby.len(), MAX_NEARBY);
+        assert!(!state.nearby.contains_key(&first), "the oldest went first");
+        // Seeing a known device again does not evict anyone.
+        let known = *state.nearby.keys().next().expect("an entry");
+        state.remember(
+            known,
+            nearby(DeviceAddress::from_bytes([3; 6]), Instant::now()),
+        );
+        assert_eq!(state.nearby.len(), MAX_NEARBY);
+    }
+
+    #[test]
+    fn ble_addresses_are_recognised() {
+        assert!(is_ble_addr(&"/memory/42".parse().expect("addr")));
+        assert!(!is_ble_addr(&"/ip4/10.0.0.1/tcp/1".parse().expect("addr")));
+    }
+}

@@ -785,8 +785,11 @@ impl Runtime {
             }
             return;
         }
-        // How a member sees us (a non-member's word is not taken).
-        self.reachability.observed(info.observed_addr.clone());
+        // How a member sees us (a non-member's word is not taken); a BLE
+        // address says nothing about the internet.
+        if !ble::is_ble_addr(&info.observed_addr) {
+            self.reachability.observed(info.observed_addr.clone());
+        }
         let addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
