@@ -440,6 +440,13 @@ async fn leader_probes_a_better_candidate_switches_and_the_follower_follows() {
     assert!(p.at_mut().add_candidate(b_id, tcp.clone()));
     assert!(p.at_mut().add_candidate(b_id, tcp.clone()), "dedup");
     assert_eq!(p.at().candidates(&b_id), vec![tcp.clone()]);
+    // A candidate seen again (a BLE sighting after an absence) is known;
+    // others are not.
+    assert!(p.at_mut().candidate_seen(&b_id, &tcp));
+    assert!(!p
+        .at_mut()
+        .candidate_seen(&b_id, &"/memory/7".parse().expect("addr")));
+    assert!(!p.at_mut().candidate_seen(&PeerId::random(), &tcp));
     p.until("probe connected", |p| {
         p.a_log
             .iter()

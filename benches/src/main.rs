@@ -1,6 +1,7 @@
 //! `mesh-bench`: Atmosphere's speed beside raw rust-libp2p, Zenoh, NATS and
 //! iperf3, measured in one run on one machine. See `docs/performance.md`.
 
+mod ble;
 mod contender;
 mod failover;
 mod labnode;
@@ -16,7 +17,7 @@ mod stats;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -132,9 +133,6 @@ async fn main() -> Result<()> {
         Plan::full()
     };
     let run = |s| Scenario::selected(&cli.scenarios, s);
-    if cli.scenarios.contains(&Scenario::Ble) {
-        bail!("the Ble scenario arrives with the BLE issue; not built yet");
-    }
     let mut report = Report {
         machine: report::machine_facts(),
         ..Default::default()
@@ -218,6 +216,13 @@ async fn main() -> Result<()> {
             }),
         }
     }
+    if run(Scenario::Ble) {
+        eprintln!("ble: the simulated BLE radio, raw link → libp2p → Atmosphere…");
+        let outcome = ble::ble(cli.quick).await;
+        report.rows.extend(outcome.rows);
+        report.skipped.extend(outcome.skipped);
+        report.extra.insert("ble".into(), outcome.extra);
+    }
     report.compute_ratios();
     report.print_table();
     // A lab scenario run on its own has a results file of its own, so it
@@ -226,6 +231,7 @@ async fn main() -> Result<()> {
         [Scenario::Scale] => "mesh-bench-scale",
         [Scenario::Failover] => "mesh-bench-failover",
         [Scenario::Nat] => "mesh-bench-nat",
+        [Scenario::Ble] => "mesh-bench-ble",
         _ => "mesh-bench",
     };
     let json = cli.out.join(format!("{stem}.json"));

@@ -110,6 +110,10 @@ struct Outbound {
     /// The latest state record, sent before any queued frame.
     control: Option<Frame>,
     srtt: Option<Duration>,
+    /// When the last acknowledgement moved the window: the front frame's
+    /// wait starts no earlier (frames of one batch share a send time but
+    /// cross the link one after another).
+    last_progress: Option<Instant>,
     timeout_fired: bool,
     closed: bool,
 }
@@ -183,6 +187,7 @@ impl Session {
                 next_generation: 1,
                 control: None,
                 srtt: None,
+                last_progress: None,
                 timeout_fired: false,
                 closed: false,
             }),
@@ -454,6 +459,7 @@ impl Session {
             });
         }
         if popped {
+            out.last_progress = Some(Instant::now());
             out.timeout_fired = false;
             drop(out);
             self.room.notify_waiters();
@@ -463,6 +469,9 @@ impl Session {
     /// True once when the oldest unacknowledged frame has waited longer than
     /// `max(4 × SRTT, floor)` plus its transmission time at `min_rate` bytes
     /// per second on the current path (re-armed by progress or a new path).
+    /// The wait counts from the frame's send or the last acknowledgement
+    /// that made progress, whichever is later (as TCP restarts its
+    /// retransmission timer on each new ACK).
     /// The transmission time keeps a large frame on a slow path (1 MiB over
     /// BLE takes seconds) from passing for a dead path.
     pub fn ack_overdue(&self, floor: Duration, min_rate: u64) -> bool {
@@ -471,9 +480,12 @@ impl Session {
             return false;
         }
         let rto = out.srtt.map_or(floor, |s| (s * 4).max(floor));
+        let progress = out.last_progress;
         let late = out.unacked.front().is_some_and(|p| {
             let transmission = Duration::from_secs_f64(p.size as f64 / min_rate.max(1) as f64);
-            p.sent_at.is_some_and(|t| t.elapsed() > rto + transmission)
+            p.sent_at
+                .map(|sent| progress.map_or(sent, |t| t.max(sent)))
+                .is_some_and(|since| since.elapsed() > rto + transmission)
         });
         if late {
             out.timeout_fired = true;
@@ -755,5 +767,27 @@ mod tests {
         assert!(!s.ack_overdue(Duration::from_millis(30), 250_000));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(s.ack_overdue(Duration::from_millis(30), 250_000));
+    }
+
+    #[tokio::test]
+    async fn each_acknowledgement_restarts_the_wait_of_the_next_frame() {
+        let s = Session::new(PeerId::random(), limits());
+        let (g, _) = s.attach(
+            ConnectionId::new_unchecked(1),
+            Frame::State(Default::default()),
+        );
+        s.send(publish(1)).await.unwrap();
+        s.send(publish(2)).await.unwrap();
+        // Both frames leave in one batch, with one send time.
+        batch(&s, g);
+        // The first is acknowledged after 200 ms (SRTT 200 ms: a wait of
+        // 800 ms). The second's wait starts at that acknowledgement, not at
+        // the shared send time: not late at 900 ms, late after 1 000 ms.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.on_ack(s.id, 1);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!s.ack_overdue(Duration::from_millis(40), u64::MAX));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(s.ack_overdue(Duration::from_millis(40), u64::MAX));
     }
 }

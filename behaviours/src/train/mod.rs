@@ -856,6 +856,25 @@ impl Behaviour {
         true
     }
 
+    /// A candidate was just seen again (a BLE sighting after an absence):
+    /// probe it at the next opportunity, forgetting its failures. Returns
+    /// whether it is a candidate of a watched peer.
+    pub fn candidate_seen(&mut self, peer: &PeerId, addr: &Multiaddr) -> bool {
+        let Some(addr) = normalize(peer, addr) else {
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        let Some(cand) = p.candidates.iter_mut().find(|c| c.addr == addr) else {
+            return false;
+        };
+        cand.failures = 0;
+        cand.next_probe = Instant::now();
+        self.changed();
+        true
+    }
+
     /// Forgets a candidate address (e.g. an expired mDNS record). Returns
     /// whether it was one.
     pub fn remove_candidate(&mut self, peer: &PeerId, addr: &Multiaddr) -> bool {

@@ -37,6 +37,9 @@ pub(crate) const MAX_NEARBY: usize = 64;
 pub(crate) const NEARBY_TTL: Duration = Duration::from_secs(60);
 /// How long the higher-hint side of a dial race waits for the other to dial.
 pub(crate) const DIAL_YIELD: Duration = Duration::from_secs(10);
+/// A device not seen for this long is "back" when seen again: its candidate
+/// is probed at once instead of on the train's (backed-off) schedule.
+const RETURN_AFTER: Duration = Duration::from_secs(3);
 /// How often the member hint table may be rebuilt from the store.
 const HINT_REFRESH: Duration = Duration::from_secs(2);
 
@@ -155,6 +158,12 @@ impl Runtime {
         let Some(ble) = self.ble.as_mut() else {
             return;
         };
+        // Back after an absence (or a new address): worth a dial at once.
+        let returning = ble.nearby.get(&advert.peer_hint).is_none_or(|n| {
+            n.last_seen.elapsed() >= RETURN_AFTER
+                || n.address != sighting.address
+                || n.psm != advert.psm
+        });
         ble.remember(
             advert.peer_hint,
             Nearby {
@@ -182,6 +191,12 @@ impl Runtime {
         if ble.hint < advert.peer_hint {
             tracing::debug!(%peer, %addr, "member sighted over BLE: path candidate");
             self.add_candidates(peer, std::slice::from_ref(&addr));
+            if returning {
+                self.swarm
+                    .behaviour_mut()
+                    .train
+                    .candidate_seen(&peer, &addr);
+            }
         } else {
             let deadline = Instant::now() + DIAL_YIELD;
             // (The higher hint yields: see the module docs.)

@@ -27,6 +27,11 @@ use crate::{
 /// BLE 4.x L2CAP (BLE 5 reaches 100–180 kB/s). A frame may take its size at
 /// this rate on top of the ack timeout before the path is blamed.
 pub(super) const BLE_MIN_RATE: u64 = 20_000;
+/// Least ack timeout on a BLE path: a 1 Mbit/s link shared by heartbeats,
+/// state announcements and gossip delays a reply by hundreds of ms now and
+/// then without being broken (the radio's supervision timeout reports a
+/// real loss).
+pub(super) const BLE_ACK_FLOOR: Duration = Duration::from_secs(1);
 /// Least rate, bytes per second, expected of any other path.
 pub(super) const IP_MIN_RATE: u64 = 1_000_000;
 
@@ -298,6 +303,10 @@ impl Runtime {
                         .find(|p| p.connection == c)
                         .map(|p| p.class)
                 });
+                let floor = match class {
+                    Some(PathClass::Ble) => floor.max(BLE_ACK_FLOOR),
+                    _ => floor,
+                };
                 r.connected && r.session.ack_overdue(floor, min_rate(class))
             })
             .map(|(p, r)| (*p, r.session.connection()))
