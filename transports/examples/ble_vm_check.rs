@@ -48,6 +48,8 @@ const ECHO: StreamProtocol = StreamProtocol::new("/atmosphere/ble-vm-echo/1");
 const ECHO_LEN: usize = 64 * 1024;
 const SEED_A: u8 = 0xA1;
 const SEED_B: u8 = 0xB2;
+/// How long one scan runs before it is restarted.
+const RESCAN: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -358,7 +360,15 @@ async fn dial(a: Args) -> Res<()> {
             .await?;
             match outcome {
                 Ok(()) => break,
-                Err(e) if attempts < 3 => println!("A: dial attempt {attempts} failed: {e}"),
+                Err(e) if attempts < 3 => {
+                    // A failed attempt may leave the LE link itself wedged
+                    // (seen with the emulated controllers): start the next
+                    // attempt on a fresh one.
+                    println!("A: dial attempt {attempts} failed: {e}; dropping the LE link");
+                    if let Err(e) = drop_link(&a.adapter, false).await {
+                        println!("A: {e}");
+                    }
+                }
                 Err(e) => return Err(format!("A round {round}: dial failed: {e}").into()),
             }
         }
@@ -387,7 +397,7 @@ async fn dial(a: Args) -> Res<()> {
         }
         if round < a.rounds {
             let t = Instant::now();
-            drop_link(&a.adapter).await?;
+            drop_link(&a.adapter, true).await?;
             let cause = expect(&mut rx, step, "the disconnection", |s| match s {
                 Seen::Closed { peer, cause } if peer == peer_b => Some(cause),
                 _ => None,
@@ -403,25 +413,44 @@ async fn dial(a: Args) -> Res<()> {
     Ok(())
 }
 
-/// Scans until an advertisement with B's hint shows up.
+/// Scans until an advertisement with B's hint shows up. A scan that finds
+/// nothing in [`RESCAN`] (or that bluetoothd ends) is stopped and started
+/// again, as apps on real radios do too.
 async fn discover(link: &BluezLink, hint: PeerHint, secs: u64) -> Res<(DeviceAddress, Advert)> {
-    let mut sightings = link.discover()?;
-    let find = async {
-        while let Some(s) = sightings.next().await {
-            match Advert::decode(&s.data) {
-                Ok(advert) if advert.peer_hint == hint => {
-                    println!("A: sighting {} rssi {} dBm", s.address, s.rssi_dbm);
-                    return Ok((s.address, advert));
-                }
-                Ok(_) => {}
-                Err(e) => println!("A: ignoring malformed service data from {}: {e}", s.address),
-            }
+    let started = Instant::now();
+    let mut scans = 0;
+    while started.elapsed() < Duration::from_secs(secs) {
+        scans += 1;
+        if scans > 1 {
+            // Let bluetoothd stop the previous scan, so this one starts anew.
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Err("A: discovery ended".into())
-    };
-    tokio::time::timeout(Duration::from_secs(secs), find)
-        .await
-        .map_err(|_| format!("A: B not discovered within {secs} s"))?
+        let mut sightings = link.discover()?;
+        let find = async {
+            while let Some(s) = sightings.next().await {
+                match Advert::decode(&s.data) {
+                    Ok(advert) if advert.peer_hint == hint => {
+                        println!(
+                            "A: sighting {} rssi {} dBm (scan {scans})",
+                            s.address, s.rssi_dbm
+                        );
+                        return Some((s.address, advert));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        println!("A: ignoring malformed service data from {}: {e}", s.address)
+                    }
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(RESCAN, find).await {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => println!("A: scan {scans} ended early (see the warnings)"),
+            Err(_) => println!("A: scan {scans} saw no B in {} s", RESCAN.as_secs()),
+        }
+    }
+    Err(format!("A: B not discovered within {secs} s ({scans} scans)").into())
 }
 
 async fn echo(mut control: libp2p_stream::Control, peer: PeerId, round: u32, secs: u64) -> Res<()> {
@@ -492,8 +521,9 @@ async fn gatt_psm(link: &BluezLink, device: DeviceAddress, psm: u16) {
     }
 }
 
-/// Drops every LE link of `adapter` from outside libp2p, at the HCI level.
-async fn drop_link(adapter: &str) -> Res<()> {
+/// Drops every LE link of `adapter` from outside libp2p, at the HCI level;
+/// with `required`, having no link is an error.
+async fn drop_link(adapter: &str, required: bool) -> Res<()> {
     let out = tokio::process::Command::new("hcitool")
         .args(["-i", adapter, "con"])
         .output()
@@ -508,7 +538,7 @@ async fn drop_link(adapter: &str) -> Res<()> {
             words.next()
         })
         .collect();
-    if handles.is_empty() {
+    if handles.is_empty() && required {
         return Err(
             format!("A: no connection handle in `hcitool -i {adapter} con`:\n{listing}").into(),
         );

@@ -855,3 +855,53 @@ impl AsyncWrite for BluezStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_convert_both_ways() {
+        let device = DeviceAddress::from_bytes([0xC0, 0x11, 0x22, 0x33, 0x44, 0x55]);
+        let bluer = to_bluer(device);
+        assert_eq!(bluer.to_string(), "C0:11:22:33:44:55");
+        assert_eq!(from_bluer(bluer), device);
+    }
+
+    #[test]
+    fn refused_connections_mean_no_listener() {
+        let target = BleAddr {
+            device: DeviceAddress::from_bytes([1, 2, 3, 4, 5, 6]),
+            psm: 0x0081,
+        };
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(matches!(connect_error(refused, target), BleError::NoListener(t) if t == target));
+        let other = io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert!(matches!(connect_error(other, target), BleError::Io(_)));
+    }
+
+    #[test]
+    fn gatt_application_serves_the_psm_characteristic() {
+        let app = psm_application(Arc::new(AtomicU16::new(0x0081)));
+        assert_eq!(app.services.len(), 1);
+        let service = &app.services[0];
+        assert_eq!(service.uuid, Uuid::from_u128(SERVICE_UUID));
+        assert!(service.primary);
+        assert_eq!(service.characteristics.len(), 1);
+        let characteristic = &service.characteristics[0];
+        assert_eq!(
+            characteristic.uuid,
+            Uuid::from_u128(PSM_CHARACTERISTIC_UUID)
+        );
+        let read = characteristic.read.as_ref().expect("readable");
+        assert!(read.read);
+        assert!(characteristic.write.is_none() && characteristic.notify.is_none());
+    }
+
+    #[test]
+    fn socket_error_reads_so_error() {
+        // A fresh, unconnected UDP socket has no pending error.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        assert!(socket_error(&socket).is_none());
+    }
+}
