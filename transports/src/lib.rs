@@ -2,8 +2,8 @@
 //!
 //! [`ble`] holds the Bluetooth LE transport: [`ble::BleTransport`] implements
 //! libp2p's `Transport` over any [`ble::BleLink`] (a trait that hides the
-//! radio). The only backend so far is [`ble::sim`], an in-process simulated
-//! radio used by tests and simulations; the BlueZ backend is not built yet
-//! (see `docs/ble.md`).
+//! radio). Backends: [`ble::sim`], an in-process simulated radio for tests
+//! and simulations, and `ble::bluez` (cargo feature `bluez`, Linux), the
+//! kernel's Bluetooth stack through BlueZ (see `docs/ble.md`).
 
 pub mod ble;
