@@ -4,8 +4,7 @@
 # Run as root (CI, a throw-away VM), it first installs with apt what the
 # network-lab tests use (`ip` from iproute2, `nft` from nftables). Run as
 # another user, it says what is missing; the lab tests then skip themselves.
-# The `bluez` feature build needs libdbus-1-dev and pkg-config; `.ci/run`
-# installs those.
+# The BLE VM test (tests/ble-vm/run.sh) installs its own packages as root.
 #
 # Exits non-zero if anything fails.
 set -euo pipefail
@@ -43,5 +42,13 @@ cargo test --workspace --all-targets
 
 echo "test.sh: cargo test --workspace --doc"
 cargo test --workspace --doc
+
+# The BlueZ backend on the real Linux Bluetooth stack, in a QEMU guest
+# (docs/ble.md). As root it installs qemu-system-x86, debootstrap and the
+# bluez build dependencies and builds the guest image once (cached under
+# target/ble-vm); otherwise it says what is missing and skips, except in CI
+# (CI=true), where it fails.
+echo "test.sh: tests/ble-vm/run.sh"
+tests/ble-vm/run.sh
 
 echo "test.sh: all tests passed"

@@ -115,6 +115,82 @@ payload() {
     return 1
 }
 
+# Stage 2: two mesh-node daemons, A on hci0 and B on hci1, with no IP
+# listener and no mDNS: Bluetooth is the only way between them. A founds a
+# mesh and accepts pairing; B finds A by its advertisement (`nearby`), pairs
+# (both sides confirm with --yes), then pub/sub and RPC run over BLE; the LE
+# link is dropped with `hcitool ledc` and both come back over BLE.
+mesh_nodes() {
+    mn=$BIN/mesh-node
+    [ -x "$mn" ] || { log "FAIL: $mn is missing"; return 1; }
+    for n in a b; do
+        mkdir -p /tmp/mn-$n
+        printf 'listen = []\nmdns = false\n' > /tmp/mn-$n/atmosphere.toml
+    done
+    A="$mn --data-dir /tmp/mn-a --api 127.0.0.1:7101"
+    B="$mn --data-dir /tmp/mn-b --api 127.0.0.1:7102"
+    $A run --ble hci0 > /tmp/mn-a.log 2>&1 &
+    pa=$!
+    $B run --ble hci1 > /tmp/mn-b.log 2>&1 &
+    pb=$!
+    fail() {
+        log "FAIL mesh-node: $*"
+        for f in mn-a mn-b accept pair sub; do
+            [ -f /tmp/$f.log ] && { echo "---- $f"; tail -n 40 /tmp/$f.log; }
+        done
+        kill "$pa" "$pb" 2>/dev/null
+        return 1
+    }
+    wait_for 600 $A status || { fail "daemon A did not start"; return 1; }
+    wait_for 600 $B status || { fail "daemon B did not start"; return 1; }
+    a_id=$($A status --json | sed -n 's/.*"peer_id": *"\([^"]*\)".*/\1/p' | head -n 1)
+    log "daemons up (A $a_id)"
+    $A mesh create home > /dev/null || { fail "mesh create"; return 1; }
+    reannounce_scans hci0 hci1 &
+    reannounce=$!
+    timeout 300 $A pair --accept --once --yes > /tmp/accept.log 2>&1 &
+    acc=$!
+    # (`--json` is pretty-printed: one object per line first.)
+    nearby_id() { $B nearby --json 2>/dev/null | tr -d ' \n' | tr '{' '\n' | grep '"via":"ble"' \
+        | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p' | head -n 1; }
+    id=""
+    n=0
+    while [ -z "$id" ] && [ $n -lt 600 ]; do id=$(nearby_id); [ -n "$id" ] || sleep 0.2; n=$((n + 1)); done
+    [ -n "$id" ] || { kill "$reannounce"; fail "B never saw A advertising"; return 1; }
+    log "PASS B sees A nearby over BLE: $id"
+    timeout 300 $B pair "$id" --yes > /tmp/pair.log 2>&1 || { kill "$reannounce"; fail "pairing (B)"; return 1; }
+    wait "$acc" || { kill "$reannounce"; fail "pairing (A)"; return 1; }
+    $B mesh list | grep -q home || { kill "$reannounce"; fail "B has no mesh after pairing"; return 1; }
+    log "PASS paired over BLE: $(grep -i code /tmp/pair.log | head -n 1)"
+    $A sub 'home.**' > /tmp/sub.log 2>&1 &
+    sp=$!
+    round() {
+        n=0
+        while [ $n -lt 120 ]; do
+            $B pub home.hello "$1" > /dev/null 2>&1
+            grep -q "$1" /tmp/sub.log && break
+            sleep 1; n=$((n + 1))
+        done
+        grep -q "$1" /tmp/sub.log || return 1
+        log "PASS pub/sub over BLE: A received $1"
+        out=$($B call node.echo "\"$1\"" --peer "$a_id" --timeout 20s) || return 1
+        echo "$out" | grep -q "$1" || return 1
+        log "PASS RPC over BLE: node.echo on A answered $out"
+        via=$($B mesh list | grep home)
+        log "B's mesh: $via"
+    }
+    round before-drop || { kill "$reannounce" "$sp"; fail "pub/sub or RPC before the link drop"; return 1; }
+    handle=$(hcitool -i hci1 con | awk '/handle/ { for (i = 1; i < NF; i++) if ($i == "handle") print $(i + 1) }' | head -n 1)
+    [ -n "$handle" ] || { kill "$reannounce" "$sp"; fail "no LE connection on hci1"; return 1; }
+    hcitool -i hci1 ledc "$handle" || { kill "$reannounce" "$sp"; fail "ledc"; return 1; }
+    log "LE link $handle dropped (hcitool -i hci1 ledc)"
+    round after-drop || { kill "$reannounce" "$sp"; fail "pub/sub or RPC after the link drop"; return 1; }
+    log "PASS the nodes came back over BLE after the link drop"
+    kill "$reannounce" "$sp" "$pa" "$pb" 2>/dev/null
+    wait "$pa" "$pb" 2>/dev/null
+    return 0
+}
+
 log "start"
 if ! bring_up_bluetooth; then
     sed 's/^/  bluetoothd| /' /tmp/bluetoothd.log 2>/dev/null
@@ -123,6 +199,11 @@ fi
 payload
 rc=$?
 log "payload exit $rc"
+if [ "$rc" = 0 ]; then
+    mesh_nodes
+    rc=$?
+    log "mesh-node stage exit $rc"
+fi
 cp /tmp/bluetoothd.log "$SHARE/bluetoothd.log" 2>/dev/null   # kept for inspection
 if [ -n "${BTMON:-}" ]; then
     kill "$BTMON"; wait "$BTMON" 2>/dev/null

@@ -3,7 +3,9 @@
 # bluetoothd) in a QEMU guest with two virtual LE controllers, running the
 # BlueZ backend (transports/examples/ble_vm_check.rs: two libp2p nodes that
 # discover each other by advertisement, connect, ping, echo 64 KiB, survive
-# an HCI-level link drop and reconnect).
+# an HCI-level link drop and reconnect) and two `mesh-node --ble` daemons
+# (find each other with `nearby`, pair, pub/sub and RPC over BLE, survive a
+# link drop).
 #
 # Steps: host packages -> cargo build (host and guest are both bookworm, so
 # host binaries run in the guest) -> guest image (cached) -> boot -> guest
@@ -79,10 +81,14 @@ fi
 # --- guest binaries ----------------------------------------------------------
 say "building the guest binaries (cargo, profile $PROFILE)"
 (cd "$WS" && cargo build -p atmosphere-transports --features bluez --example ble_vm_check --profile "$PROFILE")
+(cd "$WS" && cargo build -p atmosphere-examples --features bluez --bin mesh-node --profile "$PROFILE")
 TARGET_DIR=${CARGO_TARGET_DIR:-$WS/target}
 [ "$PROFILE" = dev ] && PROFILE_DIR=debug || PROFILE_DIR=$PROFILE
 # Binaries copied into the guest's share: name=path.
-BLE_VM_BINARIES=("ble_vm_check=$TARGET_DIR/$PROFILE_DIR/examples/ble_vm_check")
+BLE_VM_BINARIES=(
+    "ble_vm_check=$TARGET_DIR/$PROFILE_DIR/examples/ble_vm_check"
+    "mesh-node=$TARGET_DIR/$PROFILE_DIR/mesh-node"
+)
 
 # --- guest image -------------------------------------------------------------
 T_IMAGE=$SECONDS
