@@ -14,22 +14,12 @@ use atmosphere::{
     CallOptions, Config, DeviceProfile, InviteOptions, Node, PathStatus, PeerId, Request,
 };
 use bytes::Bytes;
-use common::{eventually, start_with_ble, TestNode, WAIT};
+use common::{eventually, paths, start_with_ble, TestNode, WAIT};
 
 fn low_power(config: &mut Config) {
     config.device_profile = DeviceProfile::LowPower;
     config.probe_ble_secs = 1;
     config.probe_lan_secs = 1;
-}
-
-async fn paths(node: &Node, peer: PeerId) -> Vec<PathStatus> {
-    node.peers()
-        .await
-        .expect("peers")
-        .into_iter()
-        .find(|p| p.peer_id == peer.to_string())
-        .map(|p| p.paths)
-        .unwrap_or_default()
 }
 
 /// Waits until `node`'s active path to `peer` is of `class`.

@@ -14,7 +14,7 @@ use std::{
 use atmosphere::{CallOptions, InviteOptions, MemberStatus, Node, PathStatus, PeerEvent, PeerId};
 use atmosphere_lab::{require_lab, Host, Lab};
 use bytes::Bytes;
-use common::TestNode;
+use common::{paths, TestNode};
 
 /// Generous bound for anything the tests wait for.
 const WAIT: Duration = Duration::from_secs(60);
@@ -71,17 +71,6 @@ async fn wait_announced(
             .then_some(())
     })
     .await;
-}
-
-/// `node`'s paths to `peer`.
-async fn paths(node: &Node, peer: PeerId) -> Vec<PathStatus> {
-    node.peers()
-        .await
-        .expect("peers")
-        .into_iter()
-        .find(|p| p.peer_id == peer.to_string())
-        .map(|p| p.paths)
-        .unwrap_or_default()
 }
 
 async fn status(node: &Node, peer: PeerId) -> Option<MemberStatus> {

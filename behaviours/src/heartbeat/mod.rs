@@ -46,6 +46,7 @@ pub mod protocol;
 
 use std::{
     collections::{HashMap, VecDeque},
+    mem,
     sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll, Waker},
     time::Duration,
@@ -297,12 +298,9 @@ impl Behaviour {
         conn.interval = interval.max(MIN_INTERVAL);
         conn.transport = transport.to_owned();
         protocol::bound_transport(&mut conn.transport);
-        if !conn.update_queued {
-            conn.update_queued = true;
-            self.updates.push_back(connection);
-            if let Some(waker) = self.waker.take() {
-                waker.wake();
-            }
+        let queued = mem::replace(&mut conn.update_queued, true);
+        if !queued {
+            self.queue_update(connection);
         }
         true
     }
@@ -327,14 +325,19 @@ impl Behaviour {
             return false;
         };
         conn.min_wait = min_wait.min(self.config.max_wait);
-        if !conn.update_queued {
-            conn.update_queued = true;
-            self.updates.push_back(connection);
-            if let Some(waker) = self.waker.take() {
-                waker.wake();
-            }
+        let queued = mem::replace(&mut conn.update_queued, true);
+        if !queued {
+            self.queue_update(connection);
         }
         true
+    }
+
+    /// Queues `connection`'s settings for its handler and wakes the behaviour.
+    fn queue_update(&mut self, connection: ConnectionId) {
+        self.updates.push_back(connection);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
     }
 
     /// The interval and path class of `connection`, if it is established.

@@ -609,7 +609,17 @@ impl Behaviour {
             return;
         };
         tracing::debug!(peer = %s.peer, session = %s.id, %reason, "pairing failed");
-        let command = match notice {
+        self.close_stream(&s, notice);
+        self.event(Event::Failed {
+            session: s.id,
+            peer: s.peer,
+            reason,
+        });
+    }
+
+    /// Closes the session's stream, after sending `last` if any.
+    fn close_stream(&mut self, s: &Session, last: Option<Message>) {
+        let command = match last {
             Some(message) => FromBehaviour::Send {
                 session: s.id,
                 frame: frame(&message),
@@ -618,11 +628,6 @@ impl Behaviour {
             None => FromBehaviour::Close(s.id),
         };
         self.command(s.peer, s.connection, command);
-        self.event(Event::Failed {
-            session: s.id,
-            peer: s.peer,
-            reason,
-        });
     }
 
     /// Ends the active session because the peer broke the protocol.
@@ -641,15 +646,7 @@ impl Behaviour {
             return;
         };
         tracing::debug!(peer = %s.peer, session = %s.id, role = %s.role, "pairing completed");
-        let command = match closing_message {
-            Some(message) => FromBehaviour::Send {
-                session: s.id,
-                frame: frame(&message),
-                close: true,
-            },
-            None => FromBehaviour::Close(s.id),
-        };
-        self.command(s.peer, s.connection, command);
+        self.close_stream(&s, closing_message);
         self.event(Event::Completed {
             session: s.id,
             peer: s.peer,

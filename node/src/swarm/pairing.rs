@@ -189,12 +189,7 @@ impl Runtime {
         } else {
             self.pairing.accept_mesh = None;
             self.swarm.behaviour_mut().pairing.set_accepting(false);
-            let active = self
-                .swarm
-                .behaviour()
-                .pairing
-                .active_session()
-                .map(|(_, p, _)| p);
+            let active = self.pairing_peer();
             let idle: Vec<PeerId> = self
                 .pairing
                 .exempt
@@ -208,6 +203,15 @@ impl Runtime {
             tracing::info!("pairing mode off");
         }
         Ok(self.pairing_mode())
+    }
+
+    /// The peer of the active pairing session, if any.
+    fn pairing_peer(&self) -> Option<PeerId> {
+        self.swarm
+            .behaviour()
+            .pairing
+            .active_session()
+            .map(|(_, peer, _)| peer)
     }
 
     /// Asks the nearby device `device` (its id, its peer id, or an address
@@ -336,12 +340,7 @@ impl Runtime {
             return;
         }
         if self.pairing.exempt.len() >= MAX_PAIRING_EXEMPT {
-            let active = self
-                .swarm
-                .behaviour()
-                .pairing
-                .active_session()
-                .map(|(_, p, _)| p);
+            let active = self.pairing_peer();
             let oldest = self
                 .pairing
                 .exempt

@@ -138,3 +138,17 @@ pub async fn start_with_ble(
         .expect("node starts");
     (TestNode { node, _dir: dir }, sim)
 }
+
+/// `node`'s paths to `peer` (empty when it is not a known peer).
+pub async fn paths(
+    node: &atmosphere::Node,
+    peer: atmosphere::PeerId,
+) -> Vec<atmosphere::PathStatus> {
+    node.peers()
+        .await
+        .expect("peers")
+        .into_iter()
+        .find(|p| p.peer_id == peer.to_string())
+        .map(|p| p.paths)
+        .unwrap_or_default()
+}
