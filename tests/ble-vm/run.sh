@@ -92,7 +92,11 @@ BLE_VM_BINARIES=(
 
 # --- guest image -------------------------------------------------------------
 T_IMAGE=$SECONDS
-IMG=$("$HERE/build-image.sh" | tee /dev/stderr | tail -n 1)
+# (Not `tee /dev/stderr`: reopening stderr truncates a log file it points to.)
+mkdir -p "$BLE_VM_CACHE"
+IMAGE_LOG=$BLE_VM_CACHE/build-image.log
+"$HERE/build-image.sh" | tee "$IMAGE_LOG" >&2
+IMG=$(tail -n 1 "$IMAGE_LOG")
 say "guest image ready in $((SECONDS - T_IMAGE)) s: $IMG"
 
 # --- run ---------------------------------------------------------------------
