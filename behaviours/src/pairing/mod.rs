@@ -619,15 +619,26 @@ impl Behaviour {
 
     /// Closes the session's stream, after sending `last` if any.
     fn close_stream(&mut self, s: &Session, last: Option<Message>) {
-        let command = match last {
-            Some(message) => FromBehaviour::Send {
-                session: s.id,
-                frame: frame(&message),
-                close: true,
-            },
-            None => FromBehaviour::Close(s.id),
+        match last {
+            Some(message) => self.send_last(s.peer, s.connection, s.id, &message),
+            None => self.command(s.peer, s.connection, FromBehaviour::Close(s.id)),
+        }
+    }
+
+    /// Sends `message` as the last one on `session`'s stream, then closes it.
+    fn send_last(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        session: SessionId,
+        message: &Message,
+    ) {
+        let command = FromBehaviour::Send {
+            session,
+            frame: frame(message),
+            close: true,
         };
-        self.command(s.peer, s.connection, command);
+        self.command(peer, connection, command);
     }
 
     /// Ends the active session because the peer broke the protocol.
@@ -690,39 +701,32 @@ impl Behaviour {
         session: SessionId,
         message: Message,
     ) {
-        let reply = |reason| FromBehaviour::Send {
-            session,
-            frame: frame(&Message::PairReject { reason }),
-            close: true,
+        let abort = Message::Abort {
+            reason: AbortReason::Protocol,
         };
         let (public_key, name) = match message {
             Message::PairRequest { public_key, name } => (public_key, name),
             other => {
                 let what = format!("expected PAIR_REQUEST, got {}", other.kind());
-                let abort = Message::Abort {
-                    reason: AbortReason::Protocol,
-                };
-                self.command(
-                    peer,
-                    connection,
-                    FromBehaviour::Send {
-                        session,
-                        frame: frame(&abort),
-                        close: true,
-                    },
-                );
+                self.send_last(peer, connection, session, &abort);
                 self.report_refused_stream(session, peer, what);
                 return;
             }
         };
         if !self.accepting {
             tracing::debug!(%peer, %session, "pairing request refused: not accepting");
-            self.command(peer, connection, reply(RejectReason::NotAccepting));
+            let reject = Message::PairReject {
+                reason: RejectReason::NotAccepting,
+            };
+            self.send_last(peer, connection, session, &reject);
             return;
         }
         if self.session.is_some() {
             tracing::debug!(%peer, %session, "pairing request refused: busy");
-            self.command(peer, connection, reply(RejectReason::Busy));
+            let reject = Message::PairReject {
+                reason: RejectReason::Busy,
+            };
+            self.send_last(peer, connection, session, &reject);
             return;
         }
         let key = EphemeralKey::generate();
@@ -730,18 +734,7 @@ impl Behaviour {
         let code = match key.derive_code(&public_key, &peer, &self.local_peer_id) {
             Ok(code) => code,
             Err(error) => {
-                let abort = Message::Abort {
-                    reason: AbortReason::Protocol,
-                };
-                self.command(
-                    peer,
-                    connection,
-                    FromBehaviour::Send {
-                        session,
-                        frame: frame(&abort),
-                        close: true,
-                    },
-                );
+                self.send_last(peer, connection, session, &abort);
                 self.report_refused_stream(session, peer, error.to_string());
                 return;
             }
