@@ -464,6 +464,8 @@ async fn leader_probes_a_better_candidate_switches_and_the_follower_follows() {
             .map(|i| i.connection)
     };
     let a2 = lan(p.at(), &b_id).expect("LAN path on a");
+    assert_eq!(p.at().class_of(&b_id, a2), Some(PathClass::LanDirect));
+    assert_eq!(p.at().class_of(&PeerId::random(), a2), None);
     let b2 = p.until("LAN path on b", |p| lan(p.bt(), &a_id)).await;
     assert_eq!(p.at().active(&b_id), Some(a1));
 

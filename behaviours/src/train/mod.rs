@@ -738,6 +738,17 @@ impl Behaviour {
             .unwrap_or_default()
     }
 
+    /// The class of `connection` to `peer`, if the train knows it (cheaper
+    /// than [`Behaviour::paths`] when only the class is wanted).
+    pub fn class_of(&self, peer: &PeerId, connection: ConnectionId) -> Option<PathClass> {
+        self.peers
+            .get(peer)?
+            .conns
+            .iter()
+            .find(|c| c.id == connection)
+            .map(|c| c.class)
+    }
+
     /// How `peer` is reachable. Peers neither connected nor watched are
     /// forgotten: `Offline` without a last-seen time.
     pub fn status(&self, peer: &PeerId) -> PeerStatus {

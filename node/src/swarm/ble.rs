@@ -17,7 +17,7 @@
 //! nothing off the radio): peers find them by scanning.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -62,8 +62,10 @@ pub(crate) struct BleState {
     pub psm: Option<u16>,
     pub advertising: bool,
     pub nearby: HashMap<PeerHint, Nearby>,
-    /// Member hints (rebuilt at most every [`HINT_REFRESH`]).
-    member_hints: HashMap<PeerHint, PeerId>,
+    /// Member hints, with whether the member is paused (rebuilt at most
+    /// every [`HINT_REFRESH`] for an unknown hint, and after a change of our
+    /// meshes: [`Runtime::forget_member_hints`]).
+    member_hints: HashMap<PeerHint, (PeerId, bool)>,
     hints_built: Option<Instant>,
     /// Peers whose BLE dial we yield to them, until when.
     yielding: HashMap<PeerId, (Instant, Multiaddr)>,
@@ -155,6 +157,8 @@ impl Runtime {
             return;
         }
         let member = self.member_of_hint(&advert.peer_hint);
+        let paused = member.is_some_and(|(_, paused)| paused);
+        let member = member.map(|(peer, _)| peer);
         let Some(ble) = self.ble.as_mut() else {
             return;
         };
@@ -174,12 +178,9 @@ impl Runtime {
                 member,
             },
         );
-        let Some(peer) = member else {
+        let Some(peer) = member.filter(|_| !paused) else {
             return;
         };
-        if self.is_paused_member(&peer) {
-            return;
-        }
         let addr = BleAddr {
             device: sighting.address,
             psm: advert.psm,
@@ -236,7 +237,19 @@ impl Runtime {
             .any(|p| p.class == PathClass::Ble)
     }
 
-    fn member_of_hint(&mut self, hint: &PeerHint) -> Option<PeerId> {
+    /// Our meshes or their auto-reconnect settings changed: the member hint
+    /// table is rebuilt at the next sighting.
+    pub(super) fn forget_member_hints(&mut self) {
+        if let Some(ble) = self.ble.as_mut() {
+            ble.member_hints.clear();
+            ble.hints_built = None;
+        }
+    }
+
+    /// The member advertising `hint`, and whether it is paused (see
+    /// [`Runtime::is_paused_member`]; decided when the table is built, so that
+    /// a sighting reads no store).
+    fn member_of_hint(&mut self, hint: &PeerHint) -> Option<(PeerId, bool)> {
         let stale = self
             .ble
             .as_ref()
@@ -248,11 +261,17 @@ impl Runtime {
         if known.is_some() || !stale {
             return known;
         }
-        let mut members = self.members_to_watch().unwrap_or_default();
-        members.extend(self.directory.keys().copied());
-        members.extend(crate::shared::read(&self.shared.remotes).keys().copied());
-        let table: HashMap<PeerHint, PeerId> =
-            members.into_iter().map(|p| (PeerHint::of(&p), p)).collect();
+        // Members we reconnect to are not paused; anyone else we know of
+        // may be.
+        let watched = self.members_to_watch().unwrap_or_default();
+        let mut others: HashSet<PeerId> = self.directory.keys().copied().collect();
+        others.extend(crate::shared::read(&self.shared.remotes).keys().copied());
+        others.retain(|p| !watched.contains(p));
+        let mut table: HashMap<PeerHint, (PeerId, bool)> = others
+            .into_iter()
+            .map(|p| (PeerHint::of(&p), (p, self.is_paused_member(&p))))
+            .collect();
+        table.extend(watched.into_iter().map(|p| (PeerHint::of(&p), (p, false))));
         let found = table.get(hint).copied();
         if let Some(ble) = self.ble.as_mut() {
             ble.member_hints = table;

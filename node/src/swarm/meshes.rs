@@ -88,6 +88,7 @@ impl Runtime {
             },
         );
         // A new mesh may make recently refused peers acceptable.
+        self.forget_member_hints();
         self.rejected.clear();
         self.rejected_order.clear();
         Ok(())
@@ -409,6 +410,7 @@ impl Runtime {
             entry.meshes.remove(&id);
         }
         self.refresh_own_acl();
+        self.forget_member_hints();
         tracing::info!(mesh = %id, "mesh forgotten");
         Ok(())
     }

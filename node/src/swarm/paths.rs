@@ -296,13 +296,7 @@ impl Runtime {
         let overdue: Vec<(PeerId, Option<ConnectionId>)> = read(&self.shared.remotes)
             .iter()
             .filter(|(peer, r)| {
-                let class = r.session.connection().and_then(|c| {
-                    train
-                        .paths(peer)
-                        .into_iter()
-                        .find(|p| p.connection == c)
-                        .map(|p| p.class)
-                });
+                let class = r.session.connection().and_then(|c| train.class_of(peer, c));
                 let floor = match class {
                     Some(PathClass::Ble) => floor.max(BLE_ACK_FLOOR),
                     _ => floor,

@@ -188,6 +188,7 @@ impl Runtime {
                 self.swarm.behaviour_mut().train.unwatch(&peer);
             }
         }
+        self.forget_member_hints();
         tracing::info!(mesh = %id, on, "auto-reconnect set");
         self.mesh_info(&id)
     }
