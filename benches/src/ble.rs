@@ -54,7 +54,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use atmosphere::{
     transports::ble::{
         sim::{Position, SimConfig, SimNode, SimRadio},
-        BleLink, BleTransport, BoxedLink,
+        upgraded, BleLink, BoxedLink,
     },
     CallOptions, Config, DeviceProfile, InviteOptions, Node, NodeBuilder, PathStatus, PeerEvent,
     PeerId, Request,
@@ -62,11 +62,10 @@ use atmosphere::{
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
-    core::{upgrade::Version, Transport as _},
     multiaddr::Protocol,
-    noise, ping,
+    ping,
     swarm::{NetworkBehaviour, SwarmEvent},
-    yamux, Multiaddr, StreamProtocol, Swarm, SwarmBuilder,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder,
 };
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -466,15 +465,7 @@ async fn echo_round_trips<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(
 fn ble_swarm<B: NetworkBehaviour>(node: SimNode, behaviour: B) -> Result<Swarm<B>> {
     Ok(SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                BleTransport::new(node)
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .boxed(),
-            )
-        })
+        .with_other_transport(|key| upgraded(node, key))
         .map_err(|e| anyhow!("BLE transport: {e}"))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| anyhow!("behaviour: {e}"))?

@@ -2,12 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use atmosphere_transports::ble::{BleLink, BleTransport, BoxedLink};
+use atmosphere_transports::ble::{upgraded, BleLink, BoxedLink};
 use bytes::Bytes;
 use libp2p::{
-    core::{transport::OptionalTransport, upgrade},
-    identity::Keypair,
-    noise, tcp, yamux, Multiaddr, PeerId, Transport,
+    core::transport::OptionalTransport, identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -110,15 +108,10 @@ impl NodeBuilder {
             .with_quic()
             .with_other_transport(|key| {
                 let radio = match &ble {
-                    Some(link) => OptionalTransport::some(BleTransport::new(link.clone())),
+                    Some(link) => OptionalTransport::some(upgraded(link.clone(), key)?),
                     None => OptionalTransport::none(),
                 };
-                let noise = noise::Config::new(key)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
-                Ok(radio
-                    .upgrade(upgrade::Version::V1)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default()))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(radio)
             })
             .map_err(|e| Error::Transport(format!("BLE: {e}")))?
             .with_relay_client(noise::Config::new, yamux::Config::default)

@@ -32,14 +32,13 @@ use std::time::{Duration, Instant};
 
 use atmosphere_transports::ble::advert::{Advert, PeerHint, PSM_CHARACTERISTIC_UUID, SERVICE_UUID};
 use atmosphere_transports::ble::bluez::BluezLink;
-use atmosphere_transports::ble::{BleAddr, BleLink, BleTransport, DeviceAddress};
+use atmosphere_transports::ble::{upgraded, BleAddr, BleLink, DeviceAddress};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::core::upgrade::Version;
-use libp2p::core::{ConnectedPoint, Transport};
+use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{noise, ping, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{ping, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
 use tokio::sync::mpsc;
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -74,15 +73,7 @@ fn keypair(seed: u8) -> Res<Keypair> {
 fn swarm(key: Keypair, link: BluezLink) -> Res<Swarm<Behaviour>> {
     Ok(SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn Error + Send + Sync>>(
-                BleTransport::new(link)
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .boxed(),
-            )
-        })?
+        .with_other_transport(|key| upgraded(link, key))?
         .with_behaviour(|_| Behaviour {
             ping: ping::Behaviour::new(
                 ping::Config::new()

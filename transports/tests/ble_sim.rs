@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use atmosphere_transports::ble::sim::{Position, SimConfig, SimNode, SimRadio};
-use atmosphere_transports::ble::BleTransport;
+use atmosphere_transports::ble::upgraded;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::core::upgrade::Version;
-use libp2p::core::Transport;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{noise, ping, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{ping, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
 use tokio::sync::mpsc;
 
 const PROTO: StreamProtocol = StreamProtocol::new("/atmosphere/test-bulk/1");
@@ -18,15 +16,7 @@ const PROTO: StreamProtocol = StreamProtocol::new("/atmosphere/test-bulk/1");
 fn swarm<B: NetworkBehaviour>(node: SimNode, behaviour: B) -> Swarm<B> {
     SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                BleTransport::new(node)
-                    .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .boxed(),
-            )
-        })
+        .with_other_transport(|key| upgraded(node, key))
         .expect("transport")
         .with_behaviour(|_| behaviour)
         .expect("behaviour")

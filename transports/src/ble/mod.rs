@@ -31,7 +31,7 @@ use futures::{AsyncRead, AsyncWrite, Stream};
 
 pub use addr::{BleAddr, DeviceAddress};
 pub use boxed::{BoxedLink, BoxedStream, ReadWrite};
-pub use transport::BleTransport;
+pub use transport::{upgraded, BleTransport};
 
 /// First LE dynamic PSM (Bluetooth Core spec, LE credit-based channels).
 pub const DYNAMIC_PSM_MIN: u16 = 0x0080;

@@ -6,11 +6,30 @@ use std::task::{Context, Poll};
 
 use futures::future::{self, BoxFuture, Ready};
 use futures::{FutureExt, Stream};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::transport::{DialOpts, ListenerId, Transport, TransportError, TransportEvent};
-use libp2p::Multiaddr;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::{noise, yamux, Multiaddr, PeerId};
 
 use super::addr::{BleAddr, DeviceAddress};
 use super::{BleError, BleLink};
+
+/// `BleTransport` over `link` with the standard upgrade: multistream-select
+/// V1, noise (authenticated with `key`) and yamux, boxed, ready for
+/// `SwarmBuilder::with_other_transport` (hence the boxed error: the noise
+/// key cannot be derived from `key`).
+pub fn upgraded<L: BleLink>(
+    link: L,
+    key: &Keypair,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(BleTransport::new(link)
+        .upgrade(Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .boxed())
+}
 
 /// A libp2p transport over Bluetooth LE L2CAP channels.
 ///
